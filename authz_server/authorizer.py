@@ -1,0 +1,121 @@
+"""The request path, top to bottom:
+
+    CheckRequest -> parse -> identity -> policy -> risk -> decide -> respond -> log
+
+`Authorizer.check` is synchronous CPU work with no I/O (the decision log is a
+queue drained by its own thread), so both transports call it directly.
+The stages in force live in one immutable `Runtime` that reloads replace as a
+whole, so a call never sees a policy set from one reload and a model from another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz_server.call import Call, parse_call
+from authz_server.decision import Decision, decide
+from authz_server.identity.result import Identity
+from authz_server.policy.outcome import Mode
+from authz_server.response import build_response
+from authz_server.stages import IdentityStage, PolicyStage, RiskStage
+
+_ns = time.perf_counter_ns
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimings:
+    """Microseconds spent in each stage of one check."""
+
+    parse_us: float
+    identity_us: float
+    policy_us: float
+    risk_us: float
+    response_us: float
+
+    @property
+    def total_us(self) -> float:
+        return self.parse_us + self.identity_us + self.policy_us + self.risk_us + self.response_us
+
+
+class DecisionSink(Protocol):
+    """Receives every decision after the response is built; must never block."""
+
+    def record(self, call: Call, decision: Decision, timings: StageTimings) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The stages in force. Replaced whole on reload, never mutated."""
+
+    identity: IdentityStage
+    policy: PolicyStage
+    risk: RiskStage | None = None
+    risk_budget_s: float = 0.002
+    deadline_margin_s: float = 0.001
+    """Time kept back from the gRPC deadline for building and sending the response."""
+
+
+class DecisionIds:
+    """Unique, cheap decision ids: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}-{next(self._counter):08x}"
+
+
+class Authorizer:
+    def __init__(self, runtime: Runtime, sink: DecisionSink, ids: DecisionIds | None = None) -> None:
+        self._runtime = runtime
+        self._sink = sink
+        self._next_id = ids or DecisionIds()
+        self._swap_lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    def swap(self, **changes: Any) -> Runtime:
+        """Replace some stages atomically; in-flight checks finish on the runtime they started with."""
+        with self._swap_lock:
+            self._runtime = replace(self._runtime, **changes)
+            return self._runtime
+
+    def check(
+        self, request: external_auth_pb2.CheckRequest, time_remaining_s: float | None = None
+    ) -> external_auth_pb2.CheckResponse:
+        runtime = self._runtime
+        t0 = _ns()
+        call = parse_call(request)
+        now = time.time()
+        t1 = _ns()
+        identity = runtime.identity.verify(call, now)
+        t2 = _ns()
+        policy = risk = None
+        t3 = t4 = t2
+        if isinstance(identity, Identity):
+            policy = runtime.policy.evaluate(call, identity, now)
+            t3 = _ns()
+            # Risk only ever tightens a grant, so a call policy already refuses is not scored.
+            if runtime.risk is not None and (policy.allowed or policy.mode is Mode.DRY_RUN):
+                budget = runtime.risk_budget_s
+                if time_remaining_s is not None:
+                    budget = min(budget, time_remaining_s - runtime.deadline_margin_s)
+                risk = runtime.risk.assess(call, identity, policy, now, budget)
+            t4 = _ns()
+        decision = decide(self._next_id(), identity, policy, risk)
+        response = build_response(decision, call.headers)
+        t5 = _ns()
+        timings = StageTimings((t1 - t0) / 1e3, (t2 - t1) / 1e3, (t3 - t2) / 1e3, (t4 - t3) / 1e3, (t5 - t4) / 1e3)
+        if runtime.risk is not None:
+            runtime.risk.observe(call, decision)
+        self._sink.record(call, decision, timings)
+        return response

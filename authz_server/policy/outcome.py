@@ -1,0 +1,51 @@
+"""What the policy stage concludes for one call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class PolicyReason(StrEnum):
+    ALLOWED = "allowed"
+    NO_MATCHING_RULE = "no-matching-rule"
+    DENIED_BY_RULE = "denied-by-rule"
+    QUARANTINED = "quarantined"
+    INVALID_PATH = "invalid-path"
+    UNKNOWN_WORKLOAD = "unknown-workload"
+    NO_POLICY = "no-policy"
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    DRY_RUN = "dry-run"
+
+
+class RiskTimeoutAction(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyOutcome:
+    allowed: bool
+    reason: PolicyReason
+    version: str
+    """Content hash of the policy set that decided."""
+    document: str | None = None
+    """`namespace/name` of the declaration that decided, if any."""
+    rule: str | None = None
+    """Name of the rule that decided, if any."""
+    mode: Mode = Mode.ENFORCE
+    normalized_path: str | None = None
+    max_risk: float | None = None
+    """The matching allow rule's risk ceiling (None: the configured default band applies)."""
+    on_risk_timeout: RiskTimeoutAction = RiskTimeoutAction.ALLOW
+    risk_shadow: bool = False
+    """The declaration asks for scores to be computed and annotated but never enforced."""
+
+    @property
+    def label(self) -> str:
+        """`name@version` for the x-authz-policy header."""
+        name = self.document or "default-deny"
+        return f"{name}@{self.version}"

@@ -1,0 +1,49 @@
+"""What the risk stage concludes for one call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class RiskStatus(StrEnum):
+    SCORED = "scored"
+    SKIPPED = "skipped"
+    """Scoring could not finish within the budget or the gRPC deadline."""
+    DISABLED = "disabled"
+    """No model is configured, or risk scoring is switched off."""
+
+
+class RiskAction(StrEnum):
+    ALLOW = "allow"
+    ANNOTATE = "annotate"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class RiskFactor:
+    name: str
+    contribution: float
+    """Share of the score this feature accounts for (0..1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RiskOutcome:
+    status: RiskStatus
+    score: float | None = None
+    factors: tuple[RiskFactor, ...] = ()
+    model_version: str = ""
+    band: str = ""
+    """Name of the configured band the score fell in."""
+    action: RiskAction = RiskAction.ALLOW
+    shadow: bool = False
+    """Score computed and annotated but not enforced (global or per-declaration shadow mode)."""
+
+    @property
+    def header_value(self) -> str:
+        if self.status is RiskStatus.SCORED and self.score is not None:
+            return f"{self.score:.3f}"
+        return self.status.value
+
+
+RISK_DISABLED = RiskOutcome(status=RiskStatus.DISABLED)
