@@ -89,9 +89,8 @@ class Authorizer:
             self._runtime = replace(self._runtime, **changes)
             return self._runtime
 
-    def check(
-        self, request: external_auth_pb2.CheckRequest, time_remaining_s: float | None = None
-    ) -> external_auth_pb2.CheckResponse:
+    def check(self, request: external_auth_pb2.CheckRequest, time_remaining_s: float | None = None) -> bytes:
+        """Decide one call; returns the serialized CheckResponse."""
         runtime = self._runtime
         t0 = _ns()
         call = parse_call(request)

@@ -4,17 +4,22 @@ Allowed calls carry annotations for the upstream, set with overwrite
 semantics, and every other `x-authz-*` header the client sent is removed so an
 upstream can trust what it sees. Denied calls get a small JSON body that names
 the reason code and decision id and nothing of the policy behind them.
+
+The response is encoded straight to protobuf wire bytes (field numbers from
+proto/envoy/service/auth/v3/external_auth.proto): building it through the
+generated classes cost ~50 µs a call, mostly in creating header messages one
+by one; this costs a few. Header entries that repeat from call to call (the
+verdict, the caller, the policy version) are encoded once and cached.
+tests/core/test_conformance.py reads these bytes back with Envoy's own message
+definitions (envoy-data-plane) and with the generated classes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
-from google.protobuf import struct_pb2
-
-from authz_server._proto.envoy.config.core.v3 import base_pb2
-from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.decision import Decision, Verdict
 from authz_server.risk.outcome import RiskAction
 
@@ -28,22 +33,70 @@ RISK_FACTORS = "x-authz-risk-factors"
 DECISION_ID = "x-authz-decision-id"
 
 # google.rpc.Code values Envoy reads from CheckResponse.status.
-_GRPC_OK = 0
-_GRPC_PERMISSION_DENIED = 7
-_GRPC_UNAUTHENTICATED = 16
+GRPC_OK = 0
+GRPC_PERMISSION_DENIED = 7
+GRPC_UNAUTHENTICATED = 16
 
-_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-# The namespace Envoy files the filter's dynamic metadata under is the filter's
-# name; access logs read e.g. %DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%.
-METADATA_FIELDS = ("decision", "reason", "decision_id", "source", "policy", "risk")
+# envoy.config.core.v3.HeaderValueOption.HeaderAppendAction
+OVERWRITE_IF_EXISTS_OR_ADD = 2
 
 
-def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
+# --- protobuf wire encoding (only what CheckResponse needs) -----------------
+
+
+_ONE_BYTE_VARINTS = tuple(bytes((i,)) for i in range(0x80))
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _bytes_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field: strings, bytes and embedded messages."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _string_field(number: int, text: str) -> bytes:
+    return _bytes_field(number, text.encode())
+
+
+def _varint_field(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value)
+
+
+def _header_option(key: str, value: str) -> bytes:
+    """HeaderValueOption{header: HeaderValue{key, value}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}."""
+    header = _string_field(1, key) + _string_field(2, value)
+    return _bytes_field(1, header) + _varint_field(3, OVERWRITE_IF_EXISTS_OR_ADD)
+
+
+@lru_cache(maxsize=4096)
+def _cached_header_option(key: str, value: str) -> bytes:
+    return _bytes_field(2, _header_option(key, value))
+
+
+@lru_cache(maxsize=4096)
+def _cached_metadata_entry(key: str, value: str) -> bytes:
+    # Struct.fields is map<string, Value>: each entry a message {1: key, 2: Value{3: string_value}}.
+    return _bytes_field(1, _string_field(1, key) + _bytes_field(2, _string_field(3, value)))
+
+
+def _metadata_name(header: str) -> str:
+    return header.removeprefix(HEADER_PREFIX).replace("-", "_")
+
+
+# --- the response -------------------------------------------------------------
 
 
 def annotation_values(decision: Decision) -> dict[str, str]:
-    """The x-authz-* values describing a decision (also what the decision log and metadata carry)."""
+    """The x-authz-* values describing a decision (also what dynamic metadata carries)."""
     values = {DECISION: decision.verdict.value, DECISION_ID: decision.decision_id}
     if decision.verdict is Verdict.DENY:
         values[REASON] = decision.reason
@@ -63,33 +116,56 @@ def annotation_values(decision: Decision) -> dict[str, str]:
     return values
 
 
-def _metadata(values: Mapping[str, str]) -> struct_pb2.Struct:
-    metadata = struct_pb2.Struct()
+def _headers(values: Mapping[str, str]) -> bytes:
+    """Repeated `headers` (field 2 of both OkHttpResponse and DeniedHttpResponse)."""
+    parts = []
     for key, value in values.items():
-        metadata.fields[key.removeprefix(HEADER_PREFIX).replace("-", "_")].string_value = value
-    return metadata
+        if key == DECISION_ID:  # unique per call: not worth a cache slot
+            parts.append(_bytes_field(2, _header_option(key, value)))
+        else:
+            parts.append(_cached_header_option(key, value))
+    return b"".join(parts)
 
 
-def build_response(decision: Decision, request_headers: Mapping[str, str]) -> external_auth_pb2.CheckResponse:
-    values = annotation_values(decision)
-    response = external_auth_pb2.CheckResponse(dynamic_metadata=_metadata(values))
-    if decision.verdict.lets_through:
-        response.status.code = _GRPC_OK
-        ok = response.ok_response
-        ok.headers.extend(_header(k, v) for k, v in values.items())
-        ok.headers_to_remove.extend(
-            name for name in request_headers if name.startswith(HEADER_PREFIX) and name not in values
-        )
-        return response
+def _dynamic_metadata(values: Mapping[str, str]) -> bytes:
+    entries = []
+    for key, value in values.items():
+        if key == DECISION_ID:
+            entries.append(_bytes_field(1, _string_field(1, "decision_id") + _bytes_field(2, _string_field(3, value))))
+        else:
+            entries.append(_cached_metadata_entry(_metadata_name(key), value))
+    return _bytes_field(4, b"".join(entries))
 
-    response.status.code = _GRPC_UNAUTHENTICATED if decision.http_status == 401 else _GRPC_PERMISSION_DENIED
-    response.status.message = decision.reason
-    denied = response.denied_response
-    denied.status.code = decision.http_status  # type: ignore[assignment]
-    denied.headers.extend(_header(k, v) for k, v in values.items())
-    denied.headers.append(_header("content-type", "application/json"))
-    denied.body = json.dumps(
+
+def _removals(request_headers: Iterable[str], values: Mapping[str, str]) -> bytes:
+    """Repeated OkHttpResponse.headers_to_remove (field 5): client-sent x-authz-* we do not overwrite."""
+    return b"".join(
+        _string_field(5, name) for name in request_headers if name.startswith(HEADER_PREFIX) and name not in values
+    )
+
+
+def deny_body(decision: Decision) -> str:
+    return json.dumps(
         {"decision": decision.verdict.value, "reason": decision.reason, "decision_id": decision.decision_id},
         separators=(",", ":"),
     )
-    return response
+
+
+def build_response(decision: Decision, request_headers: Iterable[str]) -> bytes:
+    """The serialized envoy.service.auth.v3.CheckResponse for a decision."""
+    values = annotation_values(decision)
+    metadata = _dynamic_metadata(values)
+    if decision.verdict.lets_through:
+        status = _bytes_field(1, b"")  # google.rpc.Status{code: OK}: every field at its default
+        ok = _headers(values) + _removals(request_headers, values)
+        return status + _bytes_field(3, ok) + metadata
+
+    code = GRPC_UNAUTHENTICATED if decision.http_status == 401 else GRPC_PERMISSION_DENIED
+    status = _bytes_field(1, _varint_field(1, code) + _string_field(2, decision.reason))
+    denied = (
+        _bytes_field(1, _varint_field(1, decision.http_status))
+        + _headers(values)
+        + _cached_header_option("content-type", "application/json")
+        + _string_field(3, deny_body(decision))
+    )
+    return status + _bytes_field(2, denied) + metadata

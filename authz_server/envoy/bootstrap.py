@@ -1,0 +1,284 @@
+"""Envoy configuration, generated in one place.
+
+The end-to-end tests, the demo, the benchmarks and the plain-Envoy sidecar in
+mesh_manifests/overlays/envoy are all rendered from `render_bootstrap`, so
+what is tested is what is shipped.
+
+The sidecar: an mTLS listener in front of the local workload, the ext_authz
+HTTP filter calling this server (transport V3, peer certificate included,
+fail closed), and a route to the workload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+_TYPES = "type.googleapis.com/envoy.extensions"
+EXT_AUTHZ_CLUSTER = "ext_authz"
+UPSTREAM_CLUSTER = "local_workload"
+SPIRE_AGENT_CLUSTER = "spire_agent"
+
+ACCESS_LOG_FORMAT = (
+    "[%START_TIME%] %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% "
+    "peer=%DOWNSTREAM_PEER_URI_SAN% "
+    f"decision=%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:decision)% "
+    f"reason=%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:reason)% "
+    f"decision_id=%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:decision_id)%\n"
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Envoy's own SVID and the trust bundle, from files (tests, demo)."""
+
+    certificate_chain: str
+    private_key: str
+    trusted_ca: str
+
+
+@dataclass(frozen=True)
+class SpireSds:
+    """Envoy's SVID and bundle streamed by the SPIRE agent's SDS API over its Unix socket."""
+
+    socket_path: str
+    svid_name: str
+    """The SPIFFE ID of this workload (the SDS resource name of its SVID)."""
+    bundle_name: str = "ROOTCA"
+    """SPIRE's SDS name for the trust bundle: ROOTCA, or ALL for the federated bundles too."""
+
+
+@dataclass(frozen=True)
+class SidecarSpec:
+    listener: Endpoint
+    upstream: Endpoint
+    authz: Endpoint | None
+    """None: no ext_authz filter (the baseline the benchmarks compare against)."""
+    tls: TlsFiles | SpireSds
+    admin: Endpoint | None = None
+    authz_timeout_s: float = 0.25
+    authz_max_concurrent_streams: int = 0
+    """Cap per HTTP/2 connection to the server; > 0 makes Envoy open more connections, which
+    SO_REUSEPORT spreads over the server's worker processes."""
+    authz_dns: bool = False
+    """Resolve the server's host by DNS (a Kubernetes Service) instead of a static address."""
+    accept_untrusted_clients: bool = False
+    """Let any client certificate through the handshake, so the server's own checks decide."""
+    forward_client_cert: Literal["SANITIZE", "SANITIZE_SET", "APPEND_FORWARD", "FORWARD_ONLY"] = "SANITIZE"
+    context_extensions: dict[str, str] = field(default_factory=dict)
+    rbac: dict[str, Any] | None = None
+    """An envoy.filters.http.rbac config (typed RBAC) used instead of ext_authz, for comparison."""
+    access_log: bool = True
+    concurrency_hint: int = 0
+
+
+def _socket(endpoint: Endpoint) -> dict[str, Any]:
+    return {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
+
+
+def _static_cluster(name: str, endpoint: Endpoint, dns: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STRICT_DNS" if dns else "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(endpoint)}}]}],
+        },
+    }
+
+
+def _http2(max_concurrent_streams: int = 0) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if max_concurrent_streams:
+        options["max_concurrent_streams"] = max_concurrent_streams
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": options},
+        }
+    }
+
+
+def _tls_context(spec: SidecarSpec) -> dict[str, Any]:
+    validation: dict[str, Any] = {}
+    if spec.accept_untrusted_clients:
+        validation["trust_chain_verification"] = "ACCEPT_UNTRUSTED"
+    common: dict[str, Any] = {"tls_params": {"tls_minimum_protocol_version": "TLSv1_2"}}
+    if isinstance(spec.tls, TlsFiles):
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": spec.tls.certificate_chain},
+                "private_key": {"filename": spec.tls.private_key},
+            }
+        ]
+        validation["trusted_ca"] = {"filename": spec.tls.trusted_ca}
+        common["validation_context"] = validation
+    else:
+        sds = {
+            "resource_api_version": "V3",
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": SPIRE_AGENT_CLUSTER}}],
+            },
+        }
+        common["tls_certificate_sds_secret_configs"] = [{"name": spec.tls.svid_name, "sds_config": sds}]
+        common["combined_validation_context"] = {
+            "default_validation_context": validation,
+            "validation_context_sds_secret_config": {"name": spec.tls.bundle_name, "sds_config": sds},
+        }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"{_TYPES}.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": common,
+        },
+    }
+
+
+def _ext_authz_filter(spec: SidecarSpec) -> dict[str, Any]:
+    return {
+        "name": EXT_AUTHZ_FILTER,
+        "typed_config": {
+            "@type": f"{_TYPES}.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": EXT_AUTHZ_CLUSTER},
+                "timeout": f"{spec.authz_timeout_s}s",
+            },
+            # The server verifies the caller's certificate itself instead of trusting Envoy's word.
+            "include_peer_certificate": True,
+            # Fail closed: no answer from the decision point means no access.
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "Forbidden"},
+        },
+    }
+
+
+def _http_filters(spec: SidecarSpec) -> list[dict[str, Any]]:
+    filters: list[dict[str, Any]] = []
+    if spec.rbac is not None:
+        filters.append(
+            {
+                "name": "envoy.filters.http.rbac",
+                "typed_config": {"@type": f"{_TYPES}.filters.http.rbac.v3.RBAC", **spec.rbac},
+            }
+        )
+    if spec.authz is not None:
+        filters.append(_ext_authz_filter(spec))
+    filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": f"{_TYPES}.filters.http.router.v3.Router"},
+        }
+    )
+    return filters
+
+
+def _route(spec: SidecarSpec) -> dict[str, Any]:
+    route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": UPSTREAM_CLUSTER, "timeout": "15s"}}
+    if spec.authz is not None and spec.context_extensions:
+        route["typed_per_filter_config"] = {
+            EXT_AUTHZ_FILTER: {
+                "@type": f"{_TYPES}.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                "check_settings": {"context_extensions": dict(spec.context_extensions)},
+            }
+        }
+    return route
+
+
+def _http_connection_manager(spec: SidecarSpec) -> dict[str, Any]:
+    hcm: dict[str, Any] = {
+        "@type": f"{_TYPES}.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "inbound",
+        "codec_type": "AUTO",
+        # Envoy's own normalisation; the server normalises again before matching.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        "forward_client_cert_details": spec.forward_client_cert,
+        "route_config": {
+            "name": "inbound",
+            "virtual_hosts": [{"name": "local_workload", "domains": ["*"], "routes": [_route(spec)]}],
+        },
+        "http_filters": _http_filters(spec),
+    }
+    if spec.forward_client_cert in ("SANITIZE_SET", "APPEND_FORWARD"):
+        hcm["set_current_client_cert_details"] = {"uri": True, "cert": True, "chain": True, "dns": True}
+    if spec.access_log:
+        hcm["access_log"] = [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": f"{_TYPES}.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+                },
+            }
+        ]
+    return hcm
+
+
+def render_bootstrap(spec: SidecarSpec) -> dict[str, Any]:
+    """The Envoy bootstrap (v3) as plain data, ready for yaml/json dumping."""
+    clusters = [_static_cluster(UPSTREAM_CLUSTER, spec.upstream)]
+    if spec.authz is not None:
+        cluster = _static_cluster(EXT_AUTHZ_CLUSTER, spec.authz, dns=spec.authz_dns)
+        cluster["typed_extension_protocol_options"] = _http2(spec.authz_max_concurrent_streams)
+        # Envoy's default of 1024 pending checks per cluster is too low for a busy sidecar.
+        cluster["circuit_breakers"] = {"thresholds": [{"max_requests": 100_000, "max_pending_requests": 100_000}]}
+        clusters.append(cluster)
+    if isinstance(spec.tls, SpireSds):
+        clusters.append(
+            {
+                "name": SPIRE_AGENT_CLUSTER,
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": SPIRE_AGENT_CLUSTER,
+                    "endpoints": [
+                        {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": spec.tls.socket_path}}}}]}
+                    ],
+                },
+                "typed_extension_protocol_options": _http2(),
+            }
+        )
+    bootstrap: dict[str, Any] = {
+        "node": {"id": "authz-sidecar", "cluster": "authz-sidecar"},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "inbound_mtls",
+                    "address": _socket(spec.listener),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": _http_connection_manager(spec),
+                                }
+                            ],
+                            "transport_socket": _tls_context(spec),
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+    if spec.admin is not None:
+        bootstrap["admin"] = {"address": _socket(spec.admin)}
+    return bootstrap
+
+
+def render_yaml(spec: SidecarSpec) -> str:
+    return yaml.safe_dump(render_bootstrap(spec), sort_keys=False)

@@ -1,0 +1,142 @@
+"""The gRPC surface: Authorization/Check, grpc.health.v1 and server reflection.
+
+Two transports carry the same synchronous decision path:
+- `sync`: grpcio's thread-pool server. Each Check runs on a pool thread.
+- `aio`: grpc.aio. Each Check runs on the event loop; the decision path never
+  awaits, so a check costs one callback and no thread handoff.
+benchmarks/RESULTS.md compares them; Config.transport picks one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz_server.authorizer import Authorizer
+
+log = logging.getLogger("authz_server.transport")
+
+AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+SERVICE_NAMES = (AUTHORIZATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+_CHECK = "Check"
+
+# Envoy multiplexes every check of one worker thread over one HTTP/2 connection,
+# so the server must not cap concurrent streams: a cap makes Envoy refuse
+# streams, which failure_mode_allow: false turns into denies.
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.so_reuseport", 1),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+NOT_READY = "authorization stages are still loading"
+
+
+class AuthorizerSlot:
+    """Holds the Authorizer once the stages have loaded; None until then."""
+
+    def __init__(self) -> None:
+        self.authorizer: Authorizer | None = None
+
+
+def _sync_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckRequest, grpc.ServicerContext], Any]:
+    def check(request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext) -> Any:
+        authorizer = slot.authorizer
+        if authorizer is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
+        return authorizer.check(request, context.time_remaining())  # type: ignore[union-attr]
+
+    return check
+
+
+def _aio_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckRequest, grpc.aio.ServicerContext], Any]:
+    async def check(request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> Any:
+        authorizer = slot.authorizer
+        if authorizer is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
+        return authorizer.check(request, context.time_remaining())  # type: ignore[union-attr]
+
+    return check
+
+
+def _authorization_handler(check: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        AUTHORIZATION_SERVICE,
+        {
+            _CHECK: grpc.unary_unary_rpc_method_handler(
+                check,
+                request_deserializer=external_auth_pb2.CheckRequest.FromString,
+                # Authorizer.check returns the CheckResponse already serialized.
+                response_serializer=None,
+            )
+        },
+    )
+
+
+class HealthReporter:
+    """Sets grpc.health.v1 status for the whole server and for the Authorization service."""
+
+    def __init__(self, servicer: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._servicer = servicer
+        self._loop = loop
+
+    def _set_all(self, status: int) -> None:
+        for name in ("", AUTHORIZATION_SERVICE):
+            result = self._servicer.set(name, status)
+            if asyncio.iscoroutine(result):
+                assert self._loop is not None
+                if self._loop.is_running() and _running_loop() is not self._loop:
+                    asyncio.run_coroutine_threadsafe(result, self._loop).result(timeout=5)
+                else:
+                    self._loop.create_task(result)
+
+    def serving(self) -> None:
+        self._set_all(health_pb2.HealthCheckResponse.SERVING)
+
+    def not_serving(self) -> None:
+        self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def build_sync_server(slot: AuthorizerSlot, listen: str, threads: int) -> tuple[grpc.Server, HealthReporter, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((_authorization_handler(_sync_check(slot)),))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    reflection.enable_server_reflection(SERVICE_NAMES, server)
+    port = server.add_insecure_port(listen)
+    reporter = HealthReporter(servicer)
+    # grpcio's health servicer starts out reporting SERVING for the whole server.
+    reporter.not_serving()
+    return server, reporter, port
+
+
+async def build_aio_server(
+    slot: AuthorizerSlot, listen: str, loop: asyncio.AbstractEventLoop
+) -> tuple[grpc.aio.Server, HealthReporter, int]:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((_authorization_handler(_aio_check(slot)),))
+    servicer = health.aio.HealthServicer()
+    # grpcio's health servicer starts out reporting SERVING for the whole server.
+    for name in ("", AUTHORIZATION_SERVICE):
+        await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    reflection.enable_server_reflection(SERVICE_NAMES, server)
+    port = server.add_insecure_port(listen)
+    reporter = HealthReporter(servicer, loop)
+    return server, reporter, port

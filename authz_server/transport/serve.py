@@ -1,0 +1,152 @@
+"""One server process: load the stages, serve, and shut down gracefully.
+
+Start: the gRPC port opens at once with health NOT_SERVING; the stages load
+on a background thread (a Workload API may take a while to hand out the first
+bundle); health turns SERVING only when identity, policy and risk are loaded.
+SIGTERM: health NOT_SERVING, the server stops accepting calls, in-flight calls
+get `grace_period_s` to finish, stage watchers stop, the decision log is
+flushed, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from authz_server.audit import DecisionLog
+from authz_server.authorizer import Authorizer, Runtime
+from authz_server.config import Config
+from authz_server.stages import IdentityStage, PolicyStage, RiskStage, StageSource
+from authz_server.transport.grpc_server import AuthorizerSlot, HealthReporter, build_aio_server, build_sync_server
+
+log = logging.getLogger("authz_server.serve")
+
+
+@dataclass
+class StageSources:
+    identity: StageSource[IdentityStage]
+    policy: StageSource[PolicyStage]
+    risk: StageSource[RiskStage] | None
+
+    @classmethod
+    def from_config(cls, config: Config) -> StageSources:
+        from authz_server import identity, policy, risk
+
+        return cls(
+            identity=identity.source(config.identity),
+            policy=policy.source(config.policy),
+            risk=risk.source(config.risk) if config.risk.enabled else None,
+        )
+
+    def close(self) -> None:
+        for source in (self.identity, self.policy, self.risk):
+            if source is not None:
+                try:
+                    source.close()
+                except Exception:
+                    log.exception("closing a stage source failed")
+
+
+def load_authorizer(config: Config, sources: StageSources, sink: DecisionLog) -> Authorizer:
+    """Build every stage once, then start watching their inputs for changes."""
+    runtime = Runtime(
+        identity=sources.identity.load(),
+        policy=sources.policy.load(),
+        risk=sources.risk.load() if sources.risk is not None else None,
+        risk_budget_s=config.risk.budget_ms / 1000.0,
+    )
+    authorizer = Authorizer(runtime, sink)
+
+    def swapper(stage: str) -> Callable[[Any], None]:
+        def apply(new: Any) -> None:
+            authorizer.swap(**{stage: new})
+            log.info("%s stage replaced", stage)
+
+        return apply
+
+    sources.identity.start(swapper("identity"))
+    sources.policy.start(swapper("policy"))
+    if sources.risk is not None:
+        sources.risk.start(swapper("risk"))
+    return authorizer
+
+
+class ServerProcess:
+    """Everything one process runs, whichever transport carries the calls."""
+
+    def __init__(self, config: Config, on_ready: Callable[[int], None] | None = None) -> None:
+        self.config = config
+        self.slot = AuthorizerSlot()
+        self.sink = DecisionLog(config.log)
+        self.sources = StageSources.from_config(config)
+        self._on_ready = on_ready
+        self.failed: BaseException | None = None
+        self.port = 0
+
+    def _load(self, reporter: HealthReporter, stop: Callable[[], None]) -> None:
+        try:
+            self.slot.authorizer = load_authorizer(self.config, self.sources, self.sink)
+        except Exception as exc:
+            log.error("cannot start: %s", exc)
+            self.failed = exc
+            stop()
+            return
+        reporter.serving()
+        log.info("serving on %s (port %d, transport %s)", self.config.listen, self.port, self.config.transport)
+        if self._on_ready is not None:
+            self._on_ready(self.port)
+
+    def _shutdown_stages(self) -> None:
+        self.sources.close()
+        self.sink.close()
+
+    def run(self) -> int:
+        self.sink.start()
+        if self.config.transport == "aio":
+            asyncio.run(self._run_aio())
+        else:
+            self._run_sync()
+        return 1 if self.failed is not None else 0
+
+    def _run_sync(self) -> None:
+        server, reporter, self.port = build_sync_server(self.slot, self.config.listen, self.config.threads)
+        stopping = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            server.start()
+            threading.Thread(target=self._load, args=(reporter, stopping.set), daemon=True).start()
+            stopping.wait()
+            log.info("stopping: draining in-flight calls for up to %.1fs", self.config.grace_period_s)
+            reporter.not_serving()
+            server.stop(self.config.grace_period_s).wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._shutdown_stages()
+
+    async def _run_aio(self) -> None:
+        loop = asyncio.get_running_loop()
+        server, reporter, self.port = await build_aio_server(self.slot, self.config.listen, loop)
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            await server.start()
+
+            def stop_from_thread() -> None:
+                loop.call_soon_threadsafe(stopping.set)
+
+            threading.Thread(target=self._load, args=(reporter, stop_from_thread), daemon=True).start()
+            await stopping.wait()
+            log.info("stopping: draining in-flight calls for up to %.1fs", self.config.grace_period_s)
+            reporter.not_serving()
+            await server.stop(self.config.grace_period_s)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            self._shutdown_stages()

@@ -1,0 +1,102 @@
+"""`authz-server serve`: one process, or a supervisor of N worker processes.
+
+A Python process uses one core, so `workers` processes share the gRPC port
+through SO_REUSEPORT and the kernel spreads connections across them. Envoy
+opens one HTTP/2 connection per worker thread, so spreading only happens when
+Envoy has several connections: its cluster should cap max_concurrent_streams
+(see authz_server/envoy/bootstrap.py), never the server.
+
+Workers are fresh interpreters started with the effective configuration
+written to a file, not forks: grpcio does not survive fork() with live threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from authz_server.config import ENV_PREFIX, Config, dump_config
+from authz_server.transport.serve import ServerProcess
+
+log = logging.getLogger("authz_server.workers")
+
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("AUTHZ_LOG_LEVEL", "INFO").upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
+def worker_count(config: Config) -> int:
+    return config.workers or os.cpu_count() or 1
+
+
+def serve(config: Config) -> int:
+    configure_logging()
+    count = worker_count(config)
+    if count == 1:
+        return ServerProcess(config).run()
+    return Supervisor(config, count).run()
+
+
+class Supervisor:
+    """Starts `count` single-process servers on the same port and restarts any that die."""
+
+    def __init__(self, config: Config, count: int) -> None:
+        self.config = config
+        self.count = count
+        self._stopping = threading.Event()
+
+    def _spawn(self, config_file: Path, index: int) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) or k == "AUTHZ_LOG_LEVEL"}
+        env["AUTHZ_WORKER_INDEX"] = str(index)
+        command = [sys.executable, "-m", "authz_server", "serve", "--config", str(config_file), "--workers", "1"]
+        return subprocess.Popen(command, env=env)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stopping.set())
+        with tempfile.TemporaryDirectory(prefix="authz-server-") as tmp:
+            config_file = Path(tmp) / "config.yaml"
+            config_file.write_text(dump_config(self.config))
+            workers = [self._spawn(config_file, i) for i in range(self.count)]
+            restarts = [0] * self.count
+            log.info("started %d workers on %s", self.count, self.config.listen)
+            while not self._stopping.wait(0.2):
+                for i, worker in enumerate(workers):
+                    code = worker.poll()
+                    if code is None:
+                        continue
+                    if code == 1 and restarts[i] == 0:
+                        # The first start failed: the configuration itself is broken.
+                        log.error("worker %d could not start; stopping", i)
+                        self._stopping.set()
+                        break
+                    delay = RESTART_BACKOFF_S[min(restarts[i], len(RESTART_BACKOFF_S) - 1)]
+                    log.warning("worker %d exited with %s; restarting in %.1fs", i, code, delay)
+                    time.sleep(delay)
+                    restarts[i] += 1
+                    workers[i] = self._spawn(config_file, i)
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.config.grace_period_s + 5
+            codes = []
+            for worker in workers:
+                try:
+                    codes.append(worker.wait(timeout=max(0.1, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    codes.append(worker.wait())
+        return 0 if all(code == 0 for code in codes) else 1
