@@ -69,7 +69,7 @@ def parse_call(request: external_auth_pb2.CheckRequest) -> Call:
     http = attributes.request.http
     path, query = _split_target(http.path, http.query)
     # Read-only views over the parsed message's own maps: copying them cost more than the whole parse.
-    headers: Mapping[str, str] = MappingProxyType(http.headers)  # type: ignore[arg-type]
+    headers: Mapping[str, str] = MappingProxyType(http.headers)
     if not http.headers and http.header_map.headers:
         # Envoy sends header_map instead of headers when encode_raw_headers is set.
         headers = MappingProxyType(
@@ -87,7 +87,7 @@ def parse_call(request: external_auth_pb2.CheckRequest) -> Call:
         http.scheme,
         http.protocol,
         headers,
-        MappingProxyType(attributes.context_extensions),  # type: ignore[arg-type]
+        MappingProxyType(attributes.context_extensions),
         http.size,
         attributes.tls_session.sni,
         stamp.seconds + stamp.nanos / 1e9 if stamp.seconds else time.time(),

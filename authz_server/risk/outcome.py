@@ -38,6 +38,10 @@ class RiskOutcome:
     action: RiskAction = RiskAction.ALLOW
     shadow: bool = False
     """Score computed and annotated but not enforced (global or per-declaration shadow mode)."""
+    features: tuple[float, ...] = ()
+    """The feature vector that was scored, in the model's schema order (decision log, retraining, replay)."""
+    feature_schema: str = ""
+    """Version of the feature schema `features` follows."""
 
     @property
     def header_value(self) -> str:
