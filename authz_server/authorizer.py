@@ -23,6 +23,7 @@ from authz_server.decision import Decision, decide
 from authz_server.identity.result import Identity
 from authz_server.policy.outcome import Mode
 from authz_server.response import build_response
+from authz_server.risk.outcome import RISK_DISABLED
 from authz_server.stages import IdentityStage, PolicyStage, RiskStage
 
 _ns = time.perf_counter_ns
@@ -104,11 +105,14 @@ class Authorizer:
             policy = runtime.policy.evaluate(call, identity, now)
             t3 = _ns()
             # Risk only ever tightens a grant, so a call policy already refuses is not scored.
-            if runtime.risk is not None and (policy.allowed or policy.mode is Mode.DRY_RUN):
-                budget = runtime.risk_budget_s
-                if time_remaining_s is not None:
-                    budget = min(budget, time_remaining_s - runtime.deadline_margin_s)
-                risk = runtime.risk.assess(call, identity, policy, now, budget)
+            if policy.allowed or policy.mode is Mode.DRY_RUN:
+                if runtime.risk is None:
+                    risk = RISK_DISABLED
+                else:
+                    budget = runtime.risk_budget_s
+                    if time_remaining_s is not None:
+                        budget = min(budget, time_remaining_s - runtime.deadline_margin_s)
+                    risk = runtime.risk.assess(call, identity, policy, now, budget)
             t4 = _ns()
         decision = decide(self._next_id(), identity, policy, risk)
         response = build_response(decision, call.headers)

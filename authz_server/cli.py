@@ -26,6 +26,19 @@ def _config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_reference(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from authz_server.config_reference import markdown, update_readme
+
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(update_readme(readme.read_text()))
+    else:
+        sys.stdout.write(markdown())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from authz_server.dev.demo import run_demo
 
@@ -49,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_commands.add_parser("show", help="print the effective configuration")
     add_config_flags(show)
     show.set_defaults(handler=_config_show)
+    reference = config_commands.add_parser("reference", help="print every configuration key as a Markdown table")
+    reference.add_argument("--readme", metavar="FILE", help="rewrite the reference section of this README instead")
+    reference.set_defaults(handler=_config_reference)
 
     demo = commands.add_parser("demo", help="run the server behind a real Envoy and send scripted calls")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory (certificates, logs)")

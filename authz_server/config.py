@@ -29,6 +29,8 @@ from authz_server.policy.config import PolicyConfig
 from authz_server.risk.config import RiskConfig
 
 ENV_PREFIX = "AUTHZ_"
+PROCESS_VARIABLES = frozenset({"AUTHZ_LOG_LEVEL", "AUTHZ_WORKER_INDEX"})
+"""AUTHZ_* variables that steer the process, not the configuration."""
 
 
 class ConfigError(ValueError):
@@ -265,7 +267,7 @@ def load_config(
     if environ is not None:
         known_env = {env_name(k) for k in settable}
         for name in environ:
-            if name.startswith(ENV_PREFIX) and name not in known_env:
+            if name.startswith(ENV_PREFIX) and name not in known_env and name not in PROCESS_VARIABLES:
                 problems.append(f"{name}: unknown configuration variable")
     texts.update(overrides or {})
     for key, text in texts.items():

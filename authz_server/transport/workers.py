@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from authz_server.config import ENV_PREFIX, Config, dump_config
+from authz_server.config import ENV_PREFIX, PROCESS_VARIABLES, Config, dump_config
 from authz_server.transport.serve import ServerProcess
 
 log = logging.getLogger("authz_server.workers")
@@ -59,7 +59,7 @@ class Supervisor:
         self._stopping = threading.Event()
 
     def _spawn(self, config_file: Path, index: int) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) or k == "AUTHZ_LOG_LEVEL"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) or k in PROCESS_VARIABLES}
         env["AUTHZ_WORKER_INDEX"] = str(index)
         command = [sys.executable, "-m", "authz_server", "serve", "--config", str(config_file), "--workers", "1"]
         return subprocess.Popen(command, env=env)
@@ -78,8 +78,9 @@ class Supervisor:
                     code = worker.poll()
                     if code is None:
                         continue
-                    if code == 1 and restarts[i] == 0:
-                        # The first start failed: the configuration itself is broken.
+                    if code in (1, 2) and restarts[i] == 0:
+                        # The first start failed (2: invalid configuration, 1: a stage could not load):
+                        # restarting would fail the same way.
                         log.error("worker %d could not start; stopping", i)
                         self._stopping.set()
                         break
@@ -99,4 +100,5 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     worker.kill()
                     codes.append(worker.wait())
-        return 0 if all(code == 0 for code in codes) else 1
+        # A worker still importing when SIGTERM came dies of it before its handler exists: that is a clean stop too.
+        return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1

@@ -1,0 +1,119 @@
+"""`authz-server serve` as an operator runs it: bad configuration, workers, graceful stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz_server.dev.mesh import TRUST_DOMAIN, free_port
+from authz_server.dev.trust_domain import TrustDomainCA
+
+
+def _authz_server(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "authz_server", *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_an_invalid_configuration_names_every_bad_key_and_does_not_start(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("listen: nowhere\nrisk:\n  budget_ms: -1\nidentity:\n  sources: [certificate, telepathy]\n")
+
+    result = _authz_server("serve", "--config", str(config), "--workers", "1")
+
+    assert result.returncode == 2
+    assert "listen: expected HOST:PORT, got 'nowhere'" in result.stderr
+    assert "risk.budget_ms: must be > 0, got -1.0" in result.stderr
+    assert "identity.sources: unknown source 'telepathy'" in result.stderr
+
+
+def test_config_show_prints_the_effective_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("workers: 3\nrisk:\n  budget_ms: 5\n")
+
+    result = _authz_server(
+        "config", "show", "--config", str(config), "--threads", "8", env={"AUTHZ_RISK_BUDGET_MS": "1.5"}
+    )
+
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["workers"] == 3
+    assert shown["threads"] == 8
+    assert shown["risk"]["budget_ms"] == 1.5
+
+
+def _check_request(ca: TrustDomainCA, caller: str) -> external_auth_pb2.CheckRequest:
+    import urllib.parse
+
+    request = external_auth_pb2.CheckRequest()
+    source = request.attributes.source
+    source.principal = caller
+    source.certificate = urllib.parse.quote(ca.issue(caller).cert_pem.decode(), safe="")
+    request.attributes.destination.principal = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/payments"
+    http = request.attributes.request.http
+    http.method, http.path, http.host, http.id = "GET", "/v1/charges", "payments", "r1"
+    return request
+
+
+def test_workers_share_the_port_and_stop_gracefully_on_sigterm(tmp_path: Path) -> None:
+    ca = TrustDomainCA.create(TRUST_DOMAIN)
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": f"127.0.0.1:{port}",
+                "workers": 2,
+                "identity": {"trust_domains": {TRUST_DOMAIN: {"bundle": str(ca.write_bundle(tmp_path / "b.pem"))}}},
+                "risk": {"enabled": False},
+                "log": {"decisions": "off"},
+            }
+        )
+    )
+    log = tmp_path / "server.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "authz_server", "serve", "--config", str(config)], stdout=sink, stderr=sink
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while log.read_text().count("serving on") < 2 and time.monotonic() < deadline:
+            assert server.poll() is None, log.read_text()
+            time.sleep(0.1)
+        request = _check_request(ca, f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/checkout")
+        answered = 0
+        while time.monotonic() < deadline and answered < 10:
+            # A fresh channel per call is a fresh connection, which SO_REUSEPORT hands to either worker.
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                try:
+                    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if health.status != health_pb2.HealthCheckResponse.SERVING:
+                        continue
+                    response = external_auth_pb2_grpc.AuthorizationStub(channel).Check(request, timeout=2)
+                except grpc.RpcError:
+                    time.sleep(0.1)
+                    continue
+                # No policy is loaded: default deny, for a caller whose certificate verified.
+                assert response.status.code == 7
+                assert response.denied_response.status.code == 403
+                answered += 1
+        assert answered == 10
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    output = log.read_text()
+    assert "started 2 workers" in output
+    assert output.count("serving on") == 2, output
