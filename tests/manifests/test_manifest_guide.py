@@ -1,0 +1,63 @@
+"""The install guide and the image agree with the manifests: every command an operator copies points at
+something that exists and builds, and the image runs the way the Deployment expects."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from manifest_support import MANIFESTS, ROOT, build, build_path, container, find
+
+GUIDE = MANIFESTS / "README.md"
+DOCKERFILE = MANIFESTS / "image" / "Dockerfile"
+
+
+def test_guide_has_the_install_section_with_numbered_steps() -> None:
+    text = GUIDE.read_text()
+    section = text.split("## Install on Kubernetes with Istio", 1)[1].split("\n## ", 1)[0]
+    steps = [int(n) for n in re.findall(r"^\*\*(\d+)\. ", section, flags=re.MULTILINE)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 8, steps
+
+
+def test_every_path_the_guide_applies_exists_and_kustomizations_build() -> None:
+    text = GUIDE.read_text() + (ROOT / "spiffe" / "README.md").read_text()
+    kustomizations = set(re.findall(r"kubectl apply (?:--dry-run=server )?-k ([^\s`]+)", text))
+    files = set(re.findall(r"kubectl apply (?:--dry-run=server )?-f ([^\s`]+)", text))
+    assert "mesh_manifests/overlays/istio" in kustomizations and "mesh_manifests/crds" in kustomizations
+    for path in kustomizations | files:
+        assert (ROOT / path).exists(), f"the guide applies {path}, which does not exist"
+    for path in kustomizations:
+        assert build_path(ROOT / path), f"{path} renders nothing"
+
+
+def test_crd_names_the_guide_waits_for_are_the_generated_ones() -> None:
+    waited = set(re.findall(r"crd/(\S+)", GUIDE.read_text()))
+    assert waited == {crd["metadata"]["name"] for crd in build("crds")}
+
+
+def test_image_runs_as_the_user_and_command_the_deployment_expects() -> None:
+    text = DOCKERFILE.read_text()
+    server = container(find(build("base"), "Deployment", "authz-server")["spec"]["template"]["spec"], "authz-server")
+    pod_security = find(build("base"), "Deployment", "authz-server")["spec"]["template"]["spec"]["securityContext"]
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", text, flags=re.MULTILINE)
+    assert (int(user[0]), int(user[1])) == (pod_security["runAsUser"], pod_security["runAsGroup"])
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", text, flags=re.MULTILINE)
+    assert json.loads(cmd) == server["command"]
+    (exposed,) = re.findall(r"^EXPOSE (.+)$", text, flags=re.MULTILINE)
+    assert sorted(int(p) for p in exposed.split()) == sorted(p["containerPort"] for p in server["ports"])
+
+
+def test_retraining_job_command_exists_and_the_seed_model_ships_in_the_package() -> None:
+    probe = subprocess.run(
+        [sys.executable, "-m", "authz_server", "model", "train", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("`authz-server model train` is not available yet (the risk stage is being written)")
+    assert "--baseline" in probe.stdout and "--out" in probe.stdout
+    from importlib.resources import files
+
+    assert (files("authz_server.risk") / "models" / "default.onnx").is_file()
