@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from authz_server.audit import DecisionLog
 from authz_server.authorizer import Authorizer, Runtime
 from authz_server.config import Config
+from authz_server.observability import Observability
 from authz_server.stages import IdentityStage, PolicyStage, RiskStage, StageSource
 from authz_server.transport.grpc_server import AuthorizerSlot, HealthReporter, build_aio_server, build_sync_server
 
@@ -51,9 +53,28 @@ class StageSources:
                 except Exception:
                     log.exception("closing a stage source failed")
 
+    def statuses(self) -> dict[str, Callable[[], Mapping[str, str]]]:
+        """Each stage's status() reader, for /readyz and the metrics collected at scrape time."""
+        readers = {"identity": self.identity.status, "policy": self.policy.status}
+        if self.risk is not None:
+            readers["risk"] = self.risk.status
+        return readers
 
-def load_authorizer(config: Config, sources: StageSources, sink: DecisionLog) -> Authorizer:
-    """Build every stage once, then start watching their inputs for changes."""
+
+def _stage_version(stage: Any) -> str:
+    return str(getattr(stage, "version", None) or getattr(stage, "model_version", None) or "?")
+
+
+def load_authorizer(
+    config: Config,
+    sources: StageSources,
+    sink: DecisionLog,
+    on_replace: Callable[[str], None] | None = None,
+) -> Authorizer:
+    """Build every stage once, then start watching their inputs for changes.
+
+    `on_replace(stage)` is told of the first load and of every replacement (stage ages in metrics).
+    """
     runtime = Runtime(
         identity=sources.identity.load(),
         policy=sources.policy.load(),
@@ -64,10 +85,18 @@ def load_authorizer(config: Config, sources: StageSources, sink: DecisionLog) ->
 
     def swapper(stage: str) -> Callable[[Any], None]:
         def apply(new: Any) -> None:
+            old = getattr(authorizer.runtime, stage)
             authorizer.swap(**{stage: new})
-            log.info("%s stage replaced", stage)
+            log.info("%s stage replaced: version %s -> %s", stage, _stage_version(old), _stage_version(new))
+            if on_replace is not None:
+                on_replace(stage)
 
         return apply
+
+    if on_replace is not None:
+        for stage in ("identity", "policy", "risk"):
+            if getattr(runtime, stage) is not None:
+                on_replace(stage)
 
     sources.identity.start(swapper("identity"))
     sources.policy.start(swapper("policy"))
@@ -84,19 +113,25 @@ class ServerProcess:
         self.slot = AuthorizerSlot()
         self.sink = DecisionLog(config.log)
         self.sources = StageSources.from_config(config)
+        # Worker N of a supervisor serves metrics on PORT+N: one port per process keeps counters whole.
+        self.ops = Observability(
+            config.metrics, self.sink, self.sources.statuses, int(os.environ.get("AUTHZ_WORKER_INDEX", "0") or 0)
+        )
         self._on_ready = on_ready
         self.failed: BaseException | None = None
         self.port = 0
 
     def _load(self, reporter: HealthReporter, stop: Callable[[], None]) -> None:
         try:
-            self.slot.authorizer = load_authorizer(self.config, self.sources, self.sink)
+            self.slot.authorizer = load_authorizer(self.config, self.sources, self.sink, self.ops.clock.loaded)
         except Exception as exc:
             log.error("cannot start: %s", exc)
             self.failed = exc
+            self.ops.readiness.failed(str(exc))
             stop()
             return
         reporter.serving()
+        self.ops.readiness.loaded()
         log.info("serving on %s (port %d, transport %s)", self.config.listen, self.port, self.config.transport)
         if self._on_ready is not None:
             self._on_ready(self.port)
@@ -104,9 +139,17 @@ class ServerProcess:
     def _shutdown_stages(self) -> None:
         self.sources.close()
         self.sink.close()
+        self.ops.close()
 
     def run(self) -> int:
-        self.sink.start()
+        try:
+            self.sink.start()
+            self.ops.start()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            self.failed = exc
+            self.sink.close()
+            return 1
         if self.config.transport == "aio":
             asyncio.run(self._run_aio())
         else:
@@ -122,6 +165,7 @@ class ServerProcess:
             threading.Thread(target=self._load, args=(reporter, stopping.set), daemon=True).start()
             stopping.wait()
             log.info("stopping: draining in-flight calls for up to %.1fs", self.config.grace_period_s)
+            self.ops.readiness.stopping()
             reporter.not_serving()
             server.stop(self.config.grace_period_s).wait()
         finally:
@@ -144,6 +188,7 @@ class ServerProcess:
             threading.Thread(target=self._load, args=(reporter, stop_from_thread), daemon=True).start()
             await stopping.wait()
             log.info("stopping: draining in-flight calls for up to %.1fs", self.config.grace_period_s)
+            self.ops.readiness.stopping()
             reporter.not_serving()
             await server.stop(self.config.grace_period_s)
         finally:

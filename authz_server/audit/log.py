@@ -1,0 +1,191 @@
+"""The decision log: every decision becomes one JSON line, written off the hot path.
+
+`record` is called on the request path, so it only appends a small tuple to a
+bounded deque (an atomic append under the GIL, no lock) and returns. A
+writer thread wakes every `flush_interval_ms`, serialises what is queued,
+feeds it to the observers (metrics) and writes it out in one batch. When the
+queue is full the line is dropped and counted: a slow disk or a blocked stdout
+pipe costs log lines, never a blocked call. `close` drains the queue and
+stops the thread, so a graceful shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from authz_server.audit.config import LogConfig
+from authz_server.audit.destinations import Destination, open_destination
+from authz_server.audit.record import HeaderFilter, build_record
+
+if TYPE_CHECKING:
+    # Types only: the log must be importable without the decision path it serves.
+    from authz_server.authorizer import StageTimings
+    from authz_server.call import Call
+    from authz_server.decision import Decision
+
+log = logging.getLogger("authz_server.audit")
+
+QueuedDecision = tuple["Call", "Decision", "StageTimings", float]
+_BATCH = 512
+# One encoder for the thread's life; records are fresh trees, so the circular-reference check is skipped.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+class DecisionObserver(Protocol):
+    """Sees every decision on the writer thread (metrics), whatever the log destination."""
+
+    def observe(self, call: Call, decision: Decision, timings: StageTimings) -> None: ...
+
+
+class DecisionLog:
+    """The server's DecisionSink. Create, `start()`, hand to the Authorizer, `close()` on shutdown."""
+
+    def __init__(
+        self,
+        config: LogConfig,
+        observers: tuple[DecisionObserver, ...] = (),
+        destination: Destination | None = None,
+    ) -> None:
+        self.config = config
+        self._observers = list(observers)
+        self._destination = destination
+        self._headers = HeaderFilter(config.headers, config.redact)
+        self._queue: collections.deque[QueuedDecision] = collections.deque()
+        self._limit = config.queue_size
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._counts_lock = threading.Lock()
+        self._dropped = 0
+        self._write_failures = 0
+        self._written = 0
+        self._decisions = 0
+
+    # --- hot path -------------------------------------------------------------
+
+    def record(self, call: Call, decision: Decision, timings: StageTimings) -> None:
+        # len() then append() can overshoot the limit by a few under concurrency; bounded is what matters.
+        if len(self._queue) >= self._limit or self._closed:
+            with self._counts_lock:
+                self._dropped += 1
+            return
+        self._queue.append((call, decision, timings, time.time()))
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def add_observer(self, observer: DecisionObserver) -> None:
+        """Register before `start`; observers run on the writer thread."""
+        self._observers.append(observer)
+
+    def start(self) -> None:
+        """Open the destination and start the writer; raises OSError naming the destination when it cannot."""
+        if self._thread is not None:
+            return
+        if self._destination is None:
+            spec = self.config.decisions
+            try:
+                self._destination = open_destination(spec, self.config.max_bytes, self.config.backups)
+            except OSError as exc:
+                raise OSError(exc.errno, f"log.decisions: cannot open {spec}: {exc.strerror}") from exc
+        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write everything queued, then stop. Lines still queued after `timeout_s` are counted as dropped."""
+        self._closed = True
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                left = len(self._queue)
+                with self._counts_lock:
+                    self._dropped += left
+                log.error("decision log: writer did not finish within %.1fs; %d lines lost", timeout_s, left)
+                return
+        elif self._queue:
+            # Never started: nothing could have been written, so say how much is lost.
+            with self._counts_lock:
+                self._dropped += len(self._queue)
+            self._queue.clear()
+        if self._destination is not None:
+            try:
+                self._destination.close()
+            except OSError as exc:
+                log.error("decision log: closing %s failed: %s", self.config.decisions, exc)
+
+    # --- counters (read by metrics at scrape time) --------------------------------
+
+    @property
+    def dropped(self) -> int:
+        """Lines lost because the queue was full, the log was closed, or the writer could not finish."""
+        return self._dropped
+
+    @property
+    def write_failures(self) -> int:
+        """Lines lost because the destination refused them (disk full, closed pipe, ...)."""
+        return self._write_failures
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def decisions(self) -> int:
+        """Decisions taken off the queue (written or not), the count metrics report."""
+        return self._decisions
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # --- writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self.config.flush_interval_ms / 1000.0
+        while True:
+            stopping = self._stop.wait(interval)
+            while self._queue:
+                self._drain_batch()
+            if stopping:
+                return
+
+    def _drain_batch(self) -> None:
+        queue = self._queue
+        writing = self.config.decisions != "off"
+        lines: list[str] = []
+        encode, headers = _ENCODER.encode, self._headers
+        taken = 0
+        for _ in range(_BATCH):
+            try:
+                call, decision, timings, decided_at = queue.popleft()
+            except IndexError:
+                break
+            taken += 1
+            for observer in self._observers:
+                try:
+                    observer.observe(call, decision, timings)
+                except Exception:
+                    log.exception("decision log: observer %r failed", observer)
+            if writing:
+                try:
+                    lines.append(encode(build_record(call, decision, timings, decided_at, headers)))
+                except Exception:
+                    log.exception("decision log: cannot serialise decision %s", decision.decision_id)
+                    self._write_failures += 1
+        self._decisions += taken
+        if not lines:
+            return
+        assert self._destination is not None
+        try:
+            self._destination.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+        except (OSError, ValueError) as exc:
+            self._write_failures += len(lines)
+            log.error("decision log: writing %d lines to %s failed: %s", len(lines), self.config.decisions, exc)
+        else:
+            self._written += len(lines)

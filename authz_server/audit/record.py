@@ -1,0 +1,155 @@
+"""One decision as the plain, JSON-ready mapping a decision log line holds.
+
+The layout is the documented schema (README.md in this package,
+decision-log.schema.json); `SCHEMA_VERSION` changes whenever a field is
+renamed or removed, never when one is added.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from authz_server.identity.result import Identity, IdentityFailure
+from authz_server.policy.outcome import Mode
+
+if TYPE_CHECKING:
+    from authz_server.authorizer import StageTimings
+    from authz_server.call import Call
+    from authz_server.decision import Decision
+    from authz_server.risk.outcome import RiskOutcome
+
+SCHEMA_VERSION = 1
+REDACTED = "[redacted]"
+
+
+class HeaderFilter:
+    """Keeps only the configured headers and hides the values of sensitive ones."""
+
+    def __init__(self, keep: tuple[str, ...], redact: tuple[str, ...]) -> None:
+        self._keep = tuple(dict.fromkeys(name.lower() for name in keep))
+        self._redact = frozenset(name.lower() for name in redact)
+
+    def __call__(self, headers: Mapping[str, str]) -> dict[str, str]:
+        kept = {}
+        for name in self._keep:
+            value = headers.get(name)
+            if value is not None:
+                kept[name] = REDACTED if name in self._redact else value
+        return kept
+
+
+class _LastSecond:
+    """The last whole second formatted: lines come in time order, so formatting one is mostly a lookup."""
+
+    entry: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
+def rfc3339(ts: float) -> str:
+    """UTC with microseconds, e.g. 2026-11-24T12:00:00.123456Z."""
+    whole = int(ts)
+    micros = round((ts - whole) * 1e6)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    entry = _LastSecond.entry  # one tuple, read and replaced whole: safe from any thread
+    if entry[0] != whole:
+        entry = _LastSecond.entry = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{entry[1]}.{micros:06d}Z"
+
+
+def decision_mode(decision: Decision) -> str:
+    """enforce, dry-run (the deciding declaration only reports) or shadow (risk scored but not enforced)."""
+    if decision.policy is not None and decision.policy.mode is Mode.DRY_RUN:
+        return "dry-run"
+    if decision.risk is not None and decision.risk.shadow:
+        return "shadow"
+    return "enforce"
+
+
+def risk_fields(risk: RiskOutcome | None) -> dict[str, Any] | None:
+    if risk is None:
+        return None
+    return {
+        "status": risk.status,
+        "score": risk.score,
+        "band": risk.band,
+        "action": risk.action,
+        "shadow": risk.shadow,
+        "model_version": risk.model_version,
+        "factors": [{"name": f.name, "contribution": round(f.contribution, 6)} for f in risk.factors],
+        "features": list(risk.features),
+        "feature_schema": risk.feature_schema,
+    }
+
+
+def _us(value: float) -> float:
+    return round(value, 1)
+
+
+def build_record(
+    call: Call, decision: Decision, timings: StageTimings, decided_at: float, headers: HeaderFilter
+) -> dict[str, Any]:
+    identity = decision.identity
+    policy = decision.policy
+    source: dict[str, Any] | None = None
+    identity_error: dict[str, str] | None = None
+    if isinstance(identity, Identity):
+        source = {
+            "spiffe_id": identity.spiffe_id,
+            "trust_domain": identity.trust_domain,
+            "proof": identity.proof,
+            "expires_at": identity.expires_at,
+            "address": call.source.address,
+        }
+    elif isinstance(identity, IdentityFailure):
+        identity_error = {"reason": identity.reason, "detail": identity.detail}
+    path = policy.normalized_path if policy is not None and policy.normalized_path is not None else call.path
+    return {
+        "schema": SCHEMA_VERSION,
+        "decision_id": decision.decision_id,
+        "time": rfc3339(decided_at),
+        "ts": round(decided_at, 6),
+        "verdict": decision.verdict,
+        "reason": decision.reason,
+        "http_status": decision.http_status,
+        "mode": decision_mode(decision),
+        "source": source,
+        "identity_error": identity_error,
+        "peer": {"principal": call.source.principal, "address": call.source.address},
+        "destination": call.destination_principal,
+        "request": {
+            "id": call.request_id,
+            "method": call.method,
+            "path": path,
+            "host": call.host,
+            "scheme": call.scheme,
+            "protocol": call.protocol,
+            "size": call.size,
+            "headers": headers(call.headers),
+            "context_extensions": dict(call.context_extensions),
+        },
+        "policy": None
+        if policy is None
+        else {
+            "version": policy.version,
+            "document": policy.document,
+            "rule": policy.rule,
+            "mode": policy.mode,
+            "reason": policy.reason,
+            "label": policy.label,
+            "detail": policy.detail,
+            "max_risk": policy.max_risk,
+            "on_risk_timeout": policy.on_risk_timeout,
+            "risk_shadow": policy.risk_shadow,
+        },
+        "risk": risk_fields(decision.risk),
+        "latency_us": {
+            "parse": _us(timings.parse_us),
+            "identity": _us(timings.identity_us),
+            "policy": _us(timings.policy_us),
+            "risk": _us(timings.risk_us),
+            "response": _us(timings.response_us),
+            "total": _us(timings.total_us),
+        },
+    }

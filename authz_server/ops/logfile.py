@@ -1,0 +1,84 @@
+"""Reading decision logs back: files written by the server (or captured from stdout), rotated ones too."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from authz_server.audit.record import SCHEMA_VERSION
+
+
+class LogReadError(ValueError):
+    """A decision log cannot be read at all (missing file, not a decision log)."""
+
+
+@dataclass
+class ReadStats:
+    """What was skipped while reading, so a report can say how complete it is."""
+
+    lines: int = 0
+    decisions: int = 0
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+    """The first few problems, each naming file and line."""
+
+    def skip(self, where: str, why: str) -> None:
+        self.skipped += 1
+        if len(self.problems) < 10:
+            self.problems.append(f"{where}: {why}")
+
+
+def _open(path: str) -> TextIO:
+    if path == "-":
+        return sys.stdin
+    try:
+        if path.endswith(".gz"):
+            return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+        return open(path, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise LogReadError(f"cannot read decision log {path}: {exc.strerror}") from exc
+
+
+def read_decisions(paths: Iterable[str], stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
+    """Every decision line of `paths`, in file order. Lines that are not decisions are skipped and counted:
+    a stdout capture mixes in other output, and a crash can leave a half-written last line."""
+    stats = stats if stats is not None else ReadStats()
+    for path in paths:
+        if path != "-" and not Path(path).is_file():
+            raise LogReadError(f"cannot read decision log {path}: no such file")
+        stream = _open(path)
+        try:
+            for number, line in enumerate(stream, 1):
+                stats.lines += 1
+                text = line.strip()
+                if not text:
+                    continue
+                where = f"{path}:{number}"
+                # `kubectl logs --timestamps` and log shippers put a prefix before the JSON object.
+                start = text.find("{")
+                if start < 0:
+                    stats.skip(where, "not a JSON object")
+                    continue
+                text = text[start:]
+                try:
+                    record = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    stats.skip(where, f"invalid JSON ({exc.msg})")
+                    continue
+                if not isinstance(record, dict) or "decision_id" not in record or "verdict" not in record:
+                    stats.skip(where, "not a decision line")
+                    continue
+                schema = record.get("schema")
+                if schema != SCHEMA_VERSION:
+                    stats.skip(where, f"schema {schema!r} is not supported (this version reads {SCHEMA_VERSION})")
+                    continue
+                stats.decisions += 1
+                yield record
+        finally:
+            if stream is not sys.stdin:
+                stream.close()
