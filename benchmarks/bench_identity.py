@@ -1,6 +1,6 @@
 """Cost of the identity stage per call, cached and uncached, for each identity source.
 
-    /work/venv/bin/python benchmarks/bench_identity.py [--seconds 20]
+    .venv/bin/python benchmarks/bench_identity.py [--seconds 20]
 
 Prints a table of p50/p99 microseconds and writes benchmarks/out/identity.json.
 "Uncached" means a certificate (or token) the verifier has not seen: decode,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import json
 import platform
 import statistics
@@ -21,13 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.call import Call, parse_call
 from authz_server.dev.trust_domain import TrustDomainCA
-from authz_server.identity import BundleSet, IdentityVerifier, parse_bundle
+from authz_server.identity import BundleSet, IdentityFailure, IdentityVerifier, parse_bundle
 from authz_server.identity.config import IdentityConfig
 
 TRUST_DOMAIN = "example.org"
@@ -52,14 +54,25 @@ def _quote(pem: bytes) -> str:
 
 def _percentiles(samples_ns: list[int]) -> dict[str, float]:
     ordered = sorted(samples_ns)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000  # noqa: E731
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
+
     return {"n": len(ordered), "p50_us": pick(0.50), "p99_us": pick(0.99), "mean_us": statistics.fmean(ordered) / 1000}
 
 
 def _measure(
-    calls: list[Call], make_stage: Callable[[], IdentityVerifier], warm: bool, budget_s: float, limit: int
+    calls: list[Call],
+    make_stage: Callable[[], IdentityVerifier],
+    warm: bool,
+    budget_s: float,
+    limit: int,
+    expect: str = "identity",
 ) -> dict[str, float]:
-    """Time stage.verify per call; a fresh stage for every pass over `calls` when not warm."""
+    """Time stage.verify per call; a fresh stage for every pass over `calls` when not warm.
+
+    `expect` is "identity" or the reason code every call must be refused with.
+    """
     samples: list[int] = []
     deadline = time.monotonic() + budget_s
     stage = make_stage()
@@ -75,9 +88,39 @@ def _measure(
             t0 = clock()
             result = stage.verify(c, now)
             samples.append(clock() - t0)
-            if type(result).__name__ != "Identity":
-                raise SystemExit(f"benchmark setup is broken: {result}")
+            outcome = result.reason.value if isinstance(result, IdentityFailure) else "identity"
+            if outcome != expect:
+                raise SystemExit(f"benchmark setup is broken: expected {expect}, got {result}")
     return _percentiles(samples)
+
+
+def _tangle(ca: TrustDomainCA, count: int) -> str:
+    """An XFCC element whose Chain holds `count` CA certificates that share our CA's subject and one key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+
+    def make(is_ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(ca.certificate.subject if is_ca else x509.Name([]))
+            .issuer_name(ca.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(not is_ca, False, False, False, False, is_ca, is_ca, False, False), critical=True
+            )
+        )
+        if not is_ca:
+            san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{TRUST_DOMAIN}/t")])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(key, hashes.SHA256())
+
+    certificates = [make(False)] + [make(True) for _ in range(count)]
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+    return f"By={PROXY};Chain={_quote(pem)}"
 
 
 def main() -> int:
@@ -132,19 +175,30 @@ def main() -> int:
         for i in range(distinct // 2)
     ]
     principal_calls = [_call(principal=f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/p{i}") for i in range(distinct)]
+    # Refusals: forgeries in our trust domain's name (one signature check each, then a negative cache entry),
+    # and the worst chain a caller can build (intermediates that all sign each other: the walk's budget).
+    impostor = TrustDomainCA.create(TRUST_DOMAIN)
+    forged = [impostor.issue(f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/f{i}") for i in range(50)]
+    forged_calls = [_call(_quote(svid.cert_pem)) for svid in forged]
+    tangle_calls = [_call(headers={"x-forwarded-client-cert": _tangle(ca, 12)}) for _ in range(5)]
 
     configs = {
         "certificate": IdentityConfig(),
         "xfcc (leaf + intermediate)": IdentityConfig(sources=("xfcc",), xfcc_trusted_proxies=(PROXY,)),
         "jwt": IdentityConfig(sources=("jwt",)),
         "principal": IdentityConfig(sources=("principal",), trust_proxy_principal=True),
+        "certificate, forged (refused)": IdentityConfig(),
+        "xfcc, tangled chain (refused)": IdentityConfig(sources=("xfcc",), xfcc_trusted_proxies=(PROXY,)),
     }
     workloads = {
         "certificate": cert_calls,
         "xfcc (leaf + intermediate)": xfcc_calls,
         "jwt": jwt_calls,
         "principal": principal_calls,
+        "certificate, forged (refused)": forged_calls,
+        "xfcc, tangled chain (refused)": tangle_calls,
     }
+    expected = {"certificate, forged (refused)": "chain-invalid", "xfcc, tangled chain (refused)": "chain-invalid"}
     remaining = args.seconds - (time.monotonic() - started)
     per_case = max(0.2, remaining / (len(workloads) * 2) * 0.9)
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -154,16 +208,17 @@ def main() -> int:
         def make(config: IdentityConfig = config) -> IdentityVerifier:
             return IdentityVerifier(config, bundles)
 
+        expect = expected.get(name, "identity")
         results[name] = {
-            "cached": _measure(calls, make, warm=True, budget_s=per_case, limit=200_000),
-            "uncached": _measure(calls, make, warm=False, budget_s=per_case, limit=5_000),
+            "cached": _measure(calls, make, warm=True, budget_s=per_case, limit=200_000, expect=expect),
+            "uncached": _measure(calls, make, warm=False, budget_s=per_case, limit=5_000, expect=expect),
         }
 
     print(f"identity stage, per call (python {platform.python_version()}, {platform.machine()})")
-    print(f"{'source':<28} {'mode':<9} {'n':>8} {'p50 µs':>9} {'p99 µs':>9} {'mean µs':>9}")
+    print(f"{'source':<32} {'mode':<9} {'n':>8} {'p50 µs':>9} {'p99 µs':>9} {'mean µs':>9}")
     for name, modes in results.items():
         for mode, r in modes.items():
-            print(f"{name:<28} {mode:<9} {int(r['n']):>8} {r['p50_us']:>9.2f} {r['p99_us']:>9.2f} {r['mean_us']:>9.2f}")
+            print(f"{name:<32} {mode:<9} {int(r['n']):>8} {r['p50_us']:>9.2f} {r['p99_us']:>9.2f} {r['mean_us']:>9.2f}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(
         json.dumps(

@@ -11,6 +11,15 @@ XFCC_LOCAL_PROXY = "destination"
 """In xfcc_trusted_proxies: the local proxy itself, i.e. a `By` equal to attributes.destination.principal."""
 
 
+def workload_api_endpoint(socket: str) -> str:
+    """The Workload API address in the form the `spiffe` client takes: a bare path becomes unix://path."""
+    if socket.startswith("/"):
+        return f"unix://{socket}"
+    if socket.startswith("unix:/") and not socket.startswith("unix://"):
+        return f"unix://{socket[len('unix:'):]}"
+    return socket
+
+
 @dataclass(frozen=True)
 class TrustDomainConfig:
     bundle: str = ""
@@ -79,8 +88,9 @@ class IdentityConfig:
                 problems.append(f"trust_domains.{name}: {exc}")
         if self.jwt_audience and not self.jwt_header:
             problems.append("jwt_header: must not be empty")
-        if self.workload_api_socket and not self.workload_api_socket.startswith(("unix:", "/")):
-            problems.append(f"workload_api_socket: expected unix:///path, got {self.workload_api_socket!r}")
+        if self.workload_api_socket and not workload_api_endpoint(self.workload_api_socket).startswith("unix:///"):
+            expected = "unix:///absolute/path (or /absolute/path)"
+            problems.append(f"workload_api_socket: expected {expected}, got {self.workload_api_socket!r}")
         if self.clock_skew_s < 0:
             problems.append(f"clock_skew_s: must be >= 0, got {self.clock_skew_s}")
         if self.workload_api_start_timeout_s <= 0:

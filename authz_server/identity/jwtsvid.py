@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import jwt
-from spiffe import JwtSvid, SpiffeId
+from spiffe import JwtSvid
 
 from authz_server.identity.bundles import BundleSet
 from authz_server.identity.result import Identity, IdentityFailure, IdentityReason, Proof
+from authz_server.identity.spiffe_ids import parse_workload_id
 
 
 def bearer_token(header_value: str) -> str:
@@ -27,10 +28,9 @@ def verify_jwt_svid(token: str, audience: str, bundles: BundleSet) -> Identity |
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         return IdentityFailure(IdentityReason.JWT_INVALID, "JWT has no 'sub' claim")
-    try:
-        spiffe_id = SpiffeId(subject)
-    except Exception as exc:
-        return IdentityFailure(IdentityReason.MALFORMED_SPIFFE_ID, f"JWT 'sub': {exc}")
+    spiffe_id = parse_workload_id(subject)
+    if isinstance(spiffe_id, str):
+        return IdentityFailure(IdentityReason.MALFORMED_SPIFFE_ID, f"JWT 'sub': {spiffe_id}")
     trust_domain = spiffe_id.trust_domain.name
     bundle = bundles.get(trust_domain)
     if bundle is None:

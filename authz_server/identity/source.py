@@ -45,6 +45,8 @@ class IdentitySource:
         )
         self._apply: Callable[[IdentityVerifier], None] | None = None
         self._current: IdentityVerifier | None = None
+        self._delivered: IdentityVerifier | None = None
+        """The verifier the server last received (from load() or apply): what is serving."""
         self.reloads = 0
         self.reload_failures = 0
 
@@ -70,6 +72,8 @@ class IdentitySource:
                 )
         verifier = self._rebuild(force=True)
         assert verifier is not None
+        with self._lock:
+            self._delivered = verifier
         if not verifier.bundles.bundles:
             raise IdentityLoadError(
                 "identity: no trust domain is trusted; configure identity.trust_domains or identity.workload_api_socket"
@@ -79,11 +83,14 @@ class IdentitySource:
     def start(self, apply: Callable[[IdentityVerifier], None]) -> None:
         with self._lock:
             self._apply = apply
+            # Bundles that changed between load() and now (the other stages load in between) built a verifier
+            # nobody received yet; without this the server would trust the old bundles until the next change.
+            if self._current is not None and self._current is not self._delivered:
+                self._delivered = self._current
+                apply(self._current)
         if self._api is not None:
             self._api.start()
         self._files.start()
-        # Bundles that changed between load() and now would otherwise wait for the next change.
-        self._rebuild()
 
     def close(self) -> None:
         self._files.stop()
@@ -107,12 +114,17 @@ class IdentitySource:
             "bundle_reloads": str(self.reloads),
             "bundle_reload_failures": str(self.reload_failures),
         }
+        facts["workload_api"] = "off"
         if self._api is not None:
             facts["workload_api"] = self._api.state
             facts["workload_api_disconnects"] = str(self._api.disconnects)
+            facts["workload_api_updates"] = str(self._api.updates)
             if self._api.state != "ok":
                 problems.append(f"workload API {self._api.socket}: {self._api.last_error or self._api.state}")
         if current is not None:
+            missing = sorted(set(self._config.trust_domains) - set(current.bundles.bundles))
+            if missing:
+                problems.append(f"no bundle yet for trust domain(s) {', '.join(missing)}: their callers are refused")
             expiries = [e for b in current.bundles.bundles.values() if (e := b.earliest_expiry) is not None]
             if expiries:
                 first = min(expiries)
@@ -157,6 +169,7 @@ class IdentitySource:
                 log.info("trust bundles changed (version %s): identity cache starts afresh", bundle_set.version)
             self._current = verifier
             if self._apply is not None:
+                self._delivered = verifier
                 self._apply(verifier)
             return verifier
 

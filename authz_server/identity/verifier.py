@@ -15,17 +15,18 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 from cryptography import x509
-from spiffe import SpiffeId
 
 from authz_server.call import Call
 from authz_server.identity.bundles import BundleSet
 from authz_server.identity.config import XFCC_LOCAL_PROXY, IdentityConfig
 from authz_server.identity.jwtsvid import bearer_token, verify_jwt_svid
 from authz_server.identity.result import Identity, IdentityFailure, IdentityReason, IdentityResult, Proof
+from authz_server.identity.spiffe_ids import parse_workload_id
 from authz_server.identity.x509svid import TrustStore, VerifiedSvid, decode_pem_certificates
 from authz_server.identity.xfcc import XfccError, parse_xfcc
 
 XFCC_HEADER = "x-forwarded-client-cert"
+_XFCC_SINGLE_KEYS = ("by", "hash", "cert", "chain", "subject")
 
 _NEGATIVE_CACHE_MAX_KEY = 8192
 """Failures are remembered only for credentials up to this size, so junk cannot fill memory."""
@@ -39,17 +40,22 @@ class CacheStats:
 
 
 class _ResultCache:
-    """Results by credential text, each valid until its own deadline. Shared by the handler threads."""
+    """Results by credential text, each valid until its own deadline. Shared by the handler threads.
+
+    Identities and failures live in separate LRUs of `maxsize` each, so a stream of junk credentials (cheap to
+    make, each one different) can evict only other junk, never the identities of the callers doing real work.
+    """
 
     def __init__(self, maxsize: int) -> None:
-        self._entries: LRUCache[Hashable, tuple[IdentityResult, float]] = LRUCache(maxsize)
+        self._good: LRUCache[Hashable, tuple[IdentityResult, float]] = LRUCache(maxsize)
+        self._bad: LRUCache[Hashable, tuple[IdentityResult, float]] = LRUCache(maxsize)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get(self, key: Hashable, now: float) -> IdentityResult | None:
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._good.get(key) or self._bad.get(key)
             if entry is not None and now < entry[1]:
                 self.hits += 1
                 return entry[0]
@@ -57,12 +63,15 @@ class _ResultCache:
             return None
 
     def put(self, key: Hashable, result: IdentityResult, until: float) -> None:
+        failed = isinstance(result, IdentityFailure)
         with self._lock:
-            self._entries[key] = (result, until)
+            (self._bad if failed else self._good)[key] = (result, until)
+            # A credential's verdict can change (its certificate expired): only the newest may answer.
+            (self._good if failed else self._bad).pop(key, None)
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(self.hits, self.misses, len(self._entries))
+            return CacheStats(self.hits, self.misses, len(self._good) + len(self._bad))
 
 
 Reader = Callable[[Call, float], IdentityResult | None]
@@ -136,7 +145,8 @@ class IdentityVerifier:
         if isinstance(certs, IdentityFailure):
             return certs, 0.0
         # Envoy sends the leaf only; anything after it is used as intermediates, never as anchors.
-        return self._identity(self._store.verify(certs[0], certs[1:], now, self._skew), Proof.CERTIFICATE)
+        leaf, intermediates = certs[0], list(dict.fromkeys(c for c in certs[1:] if c != certs[0]))
+        return self._identity(self._store.verify(leaf, intermediates, now, self._skew), Proof.CERTIFICATE)
 
     def _from_xfcc(self, call: Call, now: float) -> IdentityResult | None:
         header = call.headers.get(XFCC_HEADER)
@@ -157,6 +167,12 @@ class IdentityVerifier:
             return IdentityFailure(IdentityReason.UNTRUSTED_XFCC, f"malformed {XFCC_HEADER}: {exc}"), 0.0
         # Each proxy appends its own element; only the nearest one's statement is about the peer it saw.
         element = elements[-1]
+        repeated = sorted(key for key in _XFCC_SINGLE_KEYS if len(element.get(key, ())) > 1)
+        if repeated:
+            # Envoy writes each of these once; two of them means the element was not written by Envoy alone.
+            return IdentityFailure(
+                IdentityReason.UNTRUSTED_XFCC, f"last {XFCC_HEADER} element repeats {', '.join(repeated)}"
+            ), 0.0
         by = element.get("by", ("",))[0]
         if not by or (by not in self._trusted_proxies and not (self._trust_local_proxy and by == destination)):
             return IdentityFailure(
@@ -185,7 +201,7 @@ class IdentityVerifier:
             leaf, extra = decoded[0], decoded[1:]
         else:
             leaf, extra = chain[0], []
-        intermediates = [c for c in (*extra, *chain) if c != leaf]
+        intermediates = list(dict.fromkeys(c for c in (*extra, *chain) if c != leaf))
         verified = self._store.verify(leaf, intermediates, now, self._skew)
         if isinstance(verified, VerifiedSvid):
             digest = element.get("hash", ("",))[0]
@@ -232,10 +248,9 @@ class IdentityVerifier:
         return result
 
     def _principal_identity(self, principal: str) -> IdentityResult:
-        try:
-            spiffe_id = SpiffeId(principal)
-        except Exception as exc:
-            return IdentityFailure(IdentityReason.MALFORMED_SPIFFE_ID, f"Envoy's principal: {exc}")
+        spiffe_id = parse_workload_id(principal)
+        if isinstance(spiffe_id, str):
+            return IdentityFailure(IdentityReason.MALFORMED_SPIFFE_ID, f"Envoy's principal: {spiffe_id}")
         trust_domain = spiffe_id.trust_domain.name
         if not self._store.trusts(trust_domain):
             return IdentityFailure(

@@ -19,6 +19,7 @@ from typing import Any
 from spiffe import JwtBundle, WorkloadApiClient
 
 from authz_server.identity.bundles import TrustBundle
+from authz_server.identity.config import workload_api_endpoint
 
 log = logging.getLogger("authz_server.identity")
 
@@ -130,7 +131,7 @@ class WorkloadApiWatcher:
         """One connection: stream until an error or stop."""
         self._wake.clear()
         try:
-            client = WorkloadApiClient(socket_path=self.socket)
+            client = WorkloadApiClient(socket_path=workload_api_endpoint(self.socket))
         except Exception as exc:
             self._on_error(exc)
             return

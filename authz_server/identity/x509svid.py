@@ -13,15 +13,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from spiffe import SpiffeId
 
 from authz_server.identity.bundles import BundleSet
 from authz_server.identity.result import IdentityFailure, IdentityReason
+from authz_server.identity.spiffe_ids import parse_workload_id
 
 MAX_INTERMEDIATES = 8
 """Longest chain of intermediates followed between a leaf and its bundle."""
+
+MAX_PRESENTED_CERTIFICATES = 16
+"""Most certificates a caller may present as candidate intermediates (an XFCC Chain, say)."""
+
+MAX_SIGNATURE_CHECKS = 32
+"""Signature verifications one chain walk may spend. Presented intermediates that share subject and key can
+all sign each other, so without a budget the walk tries every ordering of them: factorial work for the caller
+to ask for with a few kilobytes of header."""
 
 _PEM_END = "-----END CERTIFICATE-----"
 
@@ -46,7 +54,7 @@ def decode_pem_certificates(pem: str) -> list[x509.Certificate] | IdentityFailur
         return IdentityFailure(IdentityReason.MALFORMED_CERTIFICATE, "PEM text is truncated (no END line)")
     try:
         return x509.load_pem_x509_certificates(pem.encode("ascii"))
-    except (ValueError, UnicodeEncodeError) as exc:
+    except (ValueError, UnicodeEncodeError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         return IdentityFailure(IdentityReason.MALFORMED_CERTIFICATE, f"cannot decode the certificate: {exc}")
 
 
@@ -73,15 +81,29 @@ class _Extensions:
                 self.key_usage = value
 
 
+class _Budget:
+    """Work done by one chain walk, and the presented certificates' extensions, each read once."""
+
+    __slots__ = ("extensions", "signature_checks")
+
+    def __init__(self) -> None:
+        self.signature_checks = 0
+        self.extensions: dict[x509.Certificate, _Extensions] = {}
+
+
 class TrustStore:
     """The X.509 authorities of every trusted trust domain, indexed for issuer lookup."""
 
     def __init__(self, bundles: BundleSet) -> None:
         self._anchors: dict[str, dict[x509.Name, tuple[x509.Certificate, ...]]] = {}
+        self._anchor_extensions: dict[x509.Certificate, _Extensions] = {}
         for name, bundle in bundles.bundles.items():
+            if not bundle.x509_authorities:
+                continue  # a trust domain the Workload API federates for JWT-SVIDs only vouches for no certificate
             by_subject: dict[x509.Name, list[x509.Certificate]] = {}
             for cert in bundle.x509_authorities:
                 by_subject.setdefault(cert.subject, []).append(cert)
+                self._anchor_extensions[cert] = _Extensions(cert)
             self._anchors[name] = {subject: tuple(certs) for subject, certs in by_subject.items()}
 
     def trusts(self, trust_domain: str) -> bool:
@@ -96,9 +118,10 @@ class TrustStore:
     ) -> VerifiedSvid | IdentityFailure:
         try:
             return self._verify(leaf, intermediates, now, skew)
-        except ValueError as exc:
-            # cryptography parses extensions lazily; a corrupt one surfaces here.
-            return IdentityFailure(IdentityReason.MALFORMED_CERTIFICATE, f"unreadable certificate extension: {exc}")
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # cryptography parses names and extensions lazily, and refuses key types and signature algorithms it
+            # does not support: a hostile certificate surfaces here, and must be a denial, never a crashed call.
+            return IdentityFailure(IdentityReason.MALFORMED_CERTIFICATE, f"unusable certificate: {exc}")
 
     def _verify(
         self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate], now: float, skew: float
@@ -112,10 +135,9 @@ class TrustStore:
             return IdentityFailure(
                 IdentityReason.MULTIPLE_URI_SANS, f"an X.509-SVID has exactly one URI SAN, this one has {len(uris)}"
             )
-        try:
-            spiffe_id = SpiffeId(uris[0])
-        except Exception as exc:
-            return IdentityFailure(IdentityReason.MALFORMED_SPIFFE_ID, str(exc))
+        spiffe_id = parse_workload_id(uris[0])
+        if isinstance(spiffe_id, str):
+            return IdentityFailure(IdentityReason.MALFORMED_SPIFFE_ID, spiffe_id)
 
         constraints = extensions.basic_constraints
         if constraints is not None and constraints.ca:
@@ -144,7 +166,12 @@ class TrustStore:
         if now - skew > not_after:
             return IdentityFailure(IdentityReason.EXPIRED, f"expired at {leaf.not_valid_after_utc.isoformat()}")
 
-        chained = self._chain(leaf, anchors, intermediates, 0, now, skew, trust_domain)
+        if len(intermediates) > MAX_PRESENTED_CERTIFICATES:
+            return IdentityFailure(
+                IdentityReason.CHAIN_INVALID,
+                f"{len(intermediates)} intermediates presented, at most {MAX_PRESENTED_CERTIFICATES} are considered",
+            )
+        chained = self._chain(leaf, anchors, intermediates, 0, now, skew, trust_domain, _Budget())
         if isinstance(chained, str):
             return IdentityFailure(IdentityReason.CHAIN_INVALID, chained)
         der = leaf.public_bytes(serialization.Encoding.DER)
@@ -167,6 +194,7 @@ class TrustStore:
         now: float,
         skew: float,
         trust_domain: str,
+        budget: _Budget,
     ) -> float | str:
         """Latest time the chain above `cert` holds, or why no chain to the bundle exists."""
         issuer = cert.issuer
@@ -174,11 +202,17 @@ class TrustStore:
         candidates += [(i, False) for i in intermediates if i.subject == issuer and i != cert]
         problems: list[str] = []
         for candidate, is_anchor in candidates:
-            problem = _issuer_problem(candidate, depth, now, skew)
+            extensions = self._anchor_extensions.get(candidate) if is_anchor else budget.extensions.get(candidate)
+            if extensions is None:
+                extensions = budget.extensions[candidate] = _Extensions(candidate)
+            problem = _issuer_problem(candidate, extensions, depth, now, skew)
             if problem is None:
+                if budget.signature_checks >= MAX_SIGNATURE_CHECKS:
+                    return f"gave up after {MAX_SIGNATURE_CHECKS} signature checks without reaching the bundle"
+                budget.signature_checks += 1
                 try:
                     cert.verify_directly_issued_by(candidate)
-                except (InvalidSignature, ValueError, TypeError):
+                except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
                     problem = f"signature does not verify with the key of {_name(candidate)!r}"
             if problem is not None:
                 problems.append(problem)
@@ -190,11 +224,20 @@ class TrustStore:
                 problems.append(f"more than {MAX_INTERMEDIATES} intermediates")
                 continue
             above = self._chain(
-                candidate, anchors, [i for i in intermediates if i != candidate], depth + 1, now, skew, trust_domain
+                candidate,
+                anchors,
+                [i for i in intermediates if i != candidate],
+                depth + 1,
+                now,
+                skew,
+                trust_domain,
+                budget,
             )
             if isinstance(above, float):
                 return min(until, above)
             problems.append(above)
+            if budget.signature_checks >= MAX_SIGNATURE_CHECKS:
+                break
         if problems:
             return "; ".join(problems)
         return (
@@ -203,9 +246,10 @@ class TrustStore:
         )
 
 
-def _issuer_problem(issuer: x509.Certificate, depth: int, now: float, skew: float) -> str | None:
+def _issuer_problem(
+    issuer: x509.Certificate, extensions: _Extensions, depth: int, now: float, skew: float
+) -> str | None:
     """Why `issuer` may not sign the certificate `depth` intermediates below it, or None."""
-    extensions = _Extensions(issuer)
     constraints = extensions.basic_constraints
     if constraints is None or not constraints.ca:
         return f"{_name(issuer)!r} is not a CA"

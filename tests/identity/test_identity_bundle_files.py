@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
@@ -151,3 +152,40 @@ def test_jwt_keys_may_come_from_their_own_file(tmp_path: Path) -> None:
     stage = source(config).load()
     token = mint_jwt(key, "k1", CALLER)
     assert isinstance(stage.verify(call(headers={"authorization": f"Bearer {token}"}), now()), Identity)
+
+
+def test_status_reports_string_facts_that_health_and_metrics_read(tmp_path: Path) -> None:
+    ca = TrustDomainCA.create(TRUST_DOMAIN)
+    identity = source(_config(ca.write_bundle(tmp_path / "bundle.pem")))
+    stage = identity.load()
+    try:
+        stage.verify(call(certificate=ca.issue(CALLER).cert_pem), now())
+        status = identity.status()
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in status.items())
+        assert status["source"] == "files" and status["workload_api"] == "off" and status["state"] == "ok"
+        assert status["version"] == stage.version and status["trust_domains"] == TRUST_DOMAIN
+        assert (status["bundle_reloads"], status["bundle_reload_failures"]) == ("0", "0")
+        assert (status["cache_hits"], status["cache_misses"]) == ("0", "1")
+        expires = dt.datetime.fromisoformat(status["bundles_expire_at"])
+        assert expires == ca.certificate.not_valid_after_utc
+        assert "problems" not in status
+    finally:
+        identity.close()
+
+
+def test_a_bundle_change_between_load_and_start_reaches_the_server(tmp_path: Path) -> None:
+    # The server loads identity, then policy and the risk model (seconds), then starts the watchers.
+    old_ca, new_ca = TrustDomainCA.create(TRUST_DOMAIN), TrustDomainCA.create(TRUST_DOMAIN)
+    bundle = old_ca.write_bundle(tmp_path / "bundle.pem")
+    identity = source(_config(bundle))
+    serving = identity.load()
+    _replace_file(bundle, new_ca.bundle_pem)
+    identity.poll_files()
+    applied: list[IdentityVerifier] = []
+    identity.start(applied.append)
+    try:
+        (fresh,) = applied
+        assert fresh.version != serving.version
+        assert _accepts(fresh, new_ca) and not _accepts(fresh, old_ca)
+    finally:
+        identity.close()

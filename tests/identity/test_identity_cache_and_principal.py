@@ -104,6 +104,7 @@ def test_a_bare_principal_is_accepted_only_when_trusting_the_proxy(ca: TrustDoma
     [
         ("frontend.shop.svc.cluster.local", IdentityReason.MALFORMED_SPIFFE_ID),
         ("spiffe://evil.example/ns/shop/sa/frontend", IdentityReason.UNTRUSTED_TRUST_DOMAIN),
+        (f"spiffe://{TRUST_DOMAIN}", IdentityReason.MALFORMED_SPIFFE_ID),  # the trust domain, not a workload
     ],
 )
 def test_a_bare_principal_must_still_be_a_spiffe_id_of_a_trusted_domain(
@@ -141,9 +142,12 @@ def test_unsafe_or_inconsistent_settings_are_named(tmp_path: Path) -> None:
     bad_proxy = _problems(tmp_path, sources=["xfcc"], xfcc_trusted_proxies=["gateway"])
     assert any(p.startswith("identity.xfcc_trusted_proxies: ") for p in bad_proxy)
     assert _problems(tmp_path, cache_size=0) == ["identity.cache_size: must be >= 1, got 0"]
-    assert _problems(tmp_path, workload_api_socket="tcp://1.2.3.4:1") == [
-        "identity.workload_api_socket: expected unix:///path, got 'tcp://1.2.3.4:1'"
-    ]
+    for socket in ("tcp://1.2.3.4:1", "unix://agent/sock", "run/spire/sockets/agent.sock"):
+        assert _problems(tmp_path, workload_api_socket=socket) == [
+            f"identity.workload_api_socket: expected unix:///absolute/path (or /absolute/path), got {socket!r}"
+        ]
+    for socket in ("unix:///run/spire/sockets/agent.sock", "unix:/run/spire/sockets/agent.sock", "/run/agent.sock"):
+        assert IdentityConfig(workload_api_socket=socket).validate() == []
 
 
 def test_scalar_settings_come_from_the_environment_too() -> None:

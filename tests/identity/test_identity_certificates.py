@@ -98,6 +98,7 @@ def test_two_uri_sans_are_refused(ca: TrustDomainCA) -> None:
         (f"spiffe://{TRUST_DOMAIN}/ns//frontend", ()),  # empty path segment
         (f"spiffe://{TRUST_DOMAIN}/ns/../admin", ()),  # dot segment
         ("spiffe://exa mple.org/x", ()),  # bad trust domain
+        (f"spiffe://{TRUST_DOMAIN}", ()),  # the trust domain itself: a leaf's SPIFFE ID must have a path
     ],
 )
 def test_a_missing_or_malformed_spiffe_id_is_refused(

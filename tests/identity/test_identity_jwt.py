@@ -69,7 +69,7 @@ def test_a_token_signed_with_an_unknown_or_wrong_key_is_refused(stage: IdentityV
 
 def test_unsigned_and_symmetric_tokens_are_refused(stage: IdentityVerifier) -> None:
     claims = {"sub": CALLER, "aud": CALLEE, "exp": int(now()) + 300}
-    unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": "k1"})
+    unsigned = jwt.encode(claims, "", algorithm="none", headers={"kid": "k1"})
     hmac = jwt.encode(claims, "a-shared-secret-of-32-bytes-length", algorithm="HS256", headers={"kid": "k1"})
     assert _reason(stage, unsigned) is IdentityReason.JWT_INVALID
     assert _reason(stage, hmac) is IdentityReason.JWT_INVALID
@@ -79,6 +79,8 @@ def test_a_subject_that_is_no_spiffe_id_or_from_a_foreign_domain_is_refused(
     stage: IdentityVerifier, key: ec.EllipticCurvePrivateKey
 ) -> None:
     assert _reason(stage, mint_jwt(key, "k1", "frontend@example.org")) is IdentityReason.MALFORMED_SPIFFE_ID
+    # A validly signed token for the trust domain itself still names no workload.
+    assert _reason(stage, mint_jwt(key, "k1", f"spiffe://{TRUST_DOMAIN}")) is IdentityReason.MALFORMED_SPIFFE_ID
     assert _reason(stage, mint_jwt(key, "k1", "spiffe://evil.example/x")) is IdentityReason.UNTRUSTED_TRUST_DOMAIN
 
 
