@@ -50,23 +50,24 @@ class EnvoyProcess:
     def start(self, timeout_s: float = 30.0) -> EnvoyProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(render_bootstrap(self.spec), sort_keys=False))
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                envoy_binary(),
-                "--config-path",
-                str(self.config_path),
-                "--concurrency",
-                str(self.concurrency),
-                "--log-level",
-                self.log_level,
-                "--base-id",
-                str(os.getpid() % 60000 + self.spec.listener.port),
-                "--disable-hot-restart",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        # The child keeps its own descriptor of the log; ours is closed as soon as Envoy has started.
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    envoy_binary(),
+                    "--config-path",
+                    str(self.config_path),
+                    "--concurrency",
+                    str(self.concurrency),
+                    "--log-level",
+                    self.log_level,
+                    "--base-id",
+                    str(os.getpid() % 60000 + self.spec.listener.port),
+                    "--disable-hot-restart",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
