@@ -1,10 +1,155 @@
-"""Command-line commands of this subsystem, registered on `authz-server`."""
+"""`authz-server model ...`: build, train, evaluate and inspect risk models.
+
+The bundled default model is rebuilt, byte for byte, by
+
+    authz-server model train --synthetic --out authz_server/risk/models/default.onnx
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+DEFAULT_SEED = 7
+DEFAULT_EVAL_SEED = 11
+DEFAULT_DAYS = 3.0
 
 
 def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
-    pass
+    model = commands.add_parser("model", help="build, train, evaluate and inspect the risk model")
+    sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train an anomaly model from decision logs (or the synthetic baseline)")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--baseline", nargs="+", metavar="DECISION_LOG", help="decision log files (JSON lines)")
+    source.add_argument("--synthetic", action="store_true", help="train on the generated synthetic mesh baseline")
+    train.add_argument("--labels", metavar="FILE", help="decision ids operators marked (false-positive by default)")
+    train.add_argument("--fp-weight", type=float, default=5.0, help="weight of a false-positive row (default 5)")
+    train.add_argument("--days", type=float, default=DEFAULT_DAYS, help="synthetic baseline length in days")
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    train.add_argument("--out", required=True, metavar="MODEL.onnx")
+    train.set_defaults(handler=_train)
+
+    synth = sub.add_parser("synth", help="generate the synthetic mesh baseline as decision-log-like JSON lines")
+    synth.add_argument("--out", required=True, metavar="DIR")
+    synth.add_argument("--days", type=float, default=DEFAULT_DAYS)
+    synth.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    synth.add_argument("--scenarios", action="store_true", help="also write one labelled file per scenario")
+    synth.add_argument("--warm-hours", type=float, default=72.0, help="baseline before each scenario")
+    synth.set_defaults(handler=_synth)
+
+    evaluate = sub.add_parser("evaluate", help="precision, recall and false-positive rate per labelled scenario")
+    evaluate.add_argument("--model", default="", help="ONNX model (default: the bundled one)")
+    evaluate.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED)
+    evaluate.add_argument("--warm-hours", type=float, default=72.0, help="baseline before each scenario")
+    evaluate.add_argument("--thresholds", default="0.3,0.7", help="alarm thresholds, comma separated")
+    evaluate.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.set_defaults(handler=_evaluate)
+
+    info = sub.add_parser("info", help="print a model's card (its metadata) after checking it loads")
+    info.add_argument("model", nargs="?", default="", help="ONNX model (default: the bundled one)")
+    info.set_defaults(handler=_info)
+
+
+def _fail(message: str) -> int:
+    print(f"authz-server model: {message}", file=sys.stderr)
+    return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from authz_server.risk.synthetic import baseline
+    from authz_server.risk.training import TrainingDataError, fit, read_decision_logs, read_labels, rows_from_samples
+
+    try:
+        if args.synthetic:
+            data = rows_from_samples(baseline(args.seed, args.days * 24))
+            source = f"synthetic mesh baseline, {args.days:g} days, seed {args.seed}"
+        else:
+            labels = read_labels(args.labels) if args.labels else {}
+            data = read_decision_logs(args.baseline, labels, args.fp_weight)
+            source = f"decision logs ({len(args.baseline)} files, {data.lines} lines)"
+        model, blob = fit(data, seed=args.seed, epochs=args.epochs, source=source)
+    except (TrainingDataError, OSError) as exc:
+        return _fail(str(exc))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed over it, so a server watching the file never reads half a model.
+    partial = out.with_name(out.name + ".partial")
+    partial.write_bytes(blob)
+    partial.replace(out)
+    from authz_server.risk.autoencoder import model_version
+
+    print(
+        f"wrote {out} ({len(blob)} bytes): model {model_version(model)}, {len(data.rows)} rows "
+        f"({data.false_positives} false positives fed back), skipped {data.skipped or 'none'}"
+    )
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from authz_server.risk.synthetic import SCENARIOS, baseline, scenario_samples
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "baseline.jsonl"
+    with path.open("w") as handle:
+        count = 0
+        for count, sample in enumerate(baseline(args.seed, args.days * 24), 1):
+            handle.write(json.dumps(sample.record(f"synthetic-{args.seed}-{count:08d}")) + "\n")
+    print(f"wrote {path} ({count} lines)")
+    if args.scenarios:
+        for scenario in SCENARIOS:
+            path = out / f"scenario-{scenario.name}.jsonl"
+            with path.open("w") as handle:
+                samples = scenario_samples(scenario, args.seed, args.warm_hours)
+                for i, sample in enumerate(samples, 1):
+                    handle.write(json.dumps(sample.record(f"{scenario.name}-{i:08d}")) + "\n")
+            print(f"wrote {path} ({len(samples)} lines)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from authz_server.risk.evaluation import evaluate, format_json, format_table
+    from authz_server.risk.model import AnomalyModel, ModelError
+    from authz_server.risk.synthetic import SCENARIOS
+
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    except ValueError:
+        return _fail(f"--thresholds: expected numbers separated by commas, got {args.thresholds!r}")
+    known = {s.name: s for s in SCENARIOS}
+    unknown = sorted(set(args.scenario or ()) - set(known))
+    if unknown:
+        return _fail(f"unknown scenario {', '.join(unknown)} (known: {', '.join(known)})")
+    scenarios = [known[name] for name in args.scenario] if args.scenario else list(SCENARIOS)
+    try:
+        model = AnomalyModel.load(args.model)
+    except ModelError as exc:
+        return _fail(str(exc))
+    results = evaluate(model, args.seed, args.warm_hours, thresholds, scenarios)
+    if args.json:
+        sys.stdout.write(format_json(results))
+    else:
+        print(f"model {model.version} ({model.card.origin}), seed {args.seed}, {args.warm_hours:g} h warm baseline")
+        sys.stdout.write(format_table(results))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from authz_server.risk.model import AnomalyModel, ModelError
+
+    try:
+        model = AnomalyModel.load(args.model)
+    except ModelError as exc:
+        return _fail(str(exc))
+    card = asdict(model.card)
+    card["p99_cost_us"] = round(model.cost_s * 1e6, 1)
+    print(json.dumps(card, indent=2))
+    return 0

@@ -1,0 +1,206 @@
+"""The anomaly model at serving time: an ONNX file checked against the feature schema, run by onnxruntime.
+
+The graph takes `features` (float32, [N, 12], raw values in schema order) and
+returns `score` ([N], 0..1, calibrated) and `feature_error` ([N, 12], each
+feature's share of the reconstruction error, the explanation). What the graph
+was trained on travels in its metadata_props (keys below); a model whose schema
+or feature names differ from what this server computes is refused, as is a file
+onnxruntime cannot load or whose probe run gives no sane score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from authz_server.risk.features import FEATURE_NAMES, FEATURE_SCHEMA, FEATURES, N_FEATURES
+
+INPUT = "features"
+OUTPUT_SCORE = "score"
+OUTPUT_ERRORS = "feature_error"
+
+META_SCHEMA = "authz.feature_schema"
+META_NAMES = "authz.feature_names"
+META_NORMALISATION = "authz.normalisation"
+META_CALIBRATION = "authz.calibration"
+META_VERSION = "authz.model_version"
+META_TRAINING = "authz.training"
+REQUIRED_METADATA = (META_SCHEMA, META_NAMES, META_NORMALISATION, META_CALIBRATION, META_VERSION, META_TRAINING)
+
+BUNDLED_MODEL = "bundled:default.onnx"
+"""How the model shipped inside the package is named in logs, health and the decision log."""
+
+_COST_PROBES = 200
+
+
+class ModelError(ValueError):
+    """The model cannot serve; the message names the file and the problem."""
+
+
+def bundled_model_path() -> Path:
+    return Path(str(resources.files("authz_server.risk").joinpath("models", "default.onnx")))
+
+
+def session_options() -> ort.SessionOptions:
+    """One thread, no spinning: each worker process scores on its own core and an idle one costs nothing."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model says about itself (its metadata), as loaded."""
+
+    version: str
+    feature_schema: str
+    feature_names: tuple[str, ...]
+    origin: str
+    sha256: str
+    normalisation: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def _json_meta(meta: dict[str, str], key: str, origin: str) -> Any:
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{origin}: metadata {key} is not JSON: {exc}") from exc
+
+
+def _read_card(session: ort.InferenceSession, origin: str, sha256: str) -> ModelCard:
+    meta: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
+    missing = [key for key in REQUIRED_METADATA if key not in meta]
+    if missing:
+        raise ModelError(f"{origin}: not an authz-server risk model: metadata {', '.join(missing)} missing")
+    schema = meta[META_SCHEMA]
+    if schema != FEATURE_SCHEMA:
+        raise ModelError(
+            f"{origin}: trained on feature schema {schema!r}, this server computes {FEATURE_SCHEMA!r}; retrain it "
+            "with `authz-server model train`"
+        )
+    names = _json_meta(meta, META_NAMES, origin)
+    if not isinstance(names, list) or tuple(names) != FEATURE_NAMES:
+        raise ModelError(f"{origin}: feature names {names} do not match schema {FEATURE_SCHEMA}: {list(FEATURE_NAMES)}")
+    return ModelCard(
+        version=meta[META_VERSION],
+        feature_schema=schema,
+        feature_names=FEATURE_NAMES,
+        origin=origin,
+        sha256=sha256,
+        normalisation=_json_meta(meta, META_NORMALISATION, origin),
+        calibration=_json_meta(meta, META_CALIBRATION, origin),
+        training=_json_meta(meta, META_TRAINING, origin),
+    )
+
+
+def _check_signature(session: ort.InferenceSession, origin: str) -> None:
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != INPUT:
+        raise ModelError(f"{origin}: expected one input named {INPUT!r}, got {[i.name for i in inputs]}")
+    shape = inputs[0].shape
+    if inputs[0].type != "tensor(float)" or len(shape) != 2 or shape[1] != N_FEATURES:
+        raise ModelError(
+            f"{origin}: input {INPUT!r} must be float32 [N, {N_FEATURES}], got {inputs[0].type} {shape}"
+        )
+    outputs = {o.name for o in session.get_outputs()}
+    for name in (OUTPUT_SCORE, OUTPUT_ERRORS):
+        if name not in outputs:
+            raise ModelError(f"{origin}: output {name!r} missing (outputs: {sorted(outputs)})")
+
+
+class AnomalyModel:
+    """A loaded, checked model. `score` is safe to call from many threads (onnxruntime sessions are)."""
+
+    def __init__(self, session: ort.InferenceSession, card: ModelCard) -> None:
+        self._session = session
+        self._run = session.run
+        self._outputs = [OUTPUT_SCORE, OUTPUT_ERRORS]
+        self.card = card
+        self.version = card.version
+        self.cost_s = 0.0
+        """Measured p99 time of one single-row run: the stage skips the model when less budget than this is left."""
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> AnomalyModel:
+        """The model at `path` (None or "": the bundled default); raises ModelError naming what is wrong."""
+        if not path:
+            file, origin = bundled_model_path(), BUNDLED_MODEL
+        else:
+            file, origin = Path(path), str(path)
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"{origin}: cannot read: {exc.strerror}") from exc
+        return cls.from_bytes(data, origin)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, origin: str) -> AnomalyModel:
+        if not data:
+            raise ModelError(f"{origin}: the file is empty")
+        try:
+            session = ort.InferenceSession(data, session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for every way a file can be bad
+            raise ModelError(f"{origin}: not a loadable ONNX model: {str(exc).strip()}") from exc
+        _check_signature(session, origin)
+        model = cls(session, _read_card(session, origin, hashlib.sha256(data).hexdigest()))
+        model._probe()
+        return model
+
+    def _probe(self) -> None:
+        """Run the model on typical and extreme rows: it must give one sane score per row; measure its cost."""
+        origin = self.card.origin
+        rows = np.array(
+            [[0.0] * N_FEATURES, [f.low for f in FEATURES], [f.high for f in FEATURES]], dtype=np.float32
+        )
+        try:
+            scores, errors = self._session.run(self._outputs, {INPUT: rows})
+        except Exception as exc:
+            raise ModelError(f"{origin}: the model fails on a probe row: {str(exc).strip()}") from exc
+        scores, errors = np.asarray(scores), np.asarray(errors)
+        if scores.shape != (3,) or errors.shape != (3, N_FEATURES):
+            raise ModelError(
+                f"{origin}: for 3 rows expected score [3] and feature_error [3, {N_FEATURES}], "
+                f"got {list(scores.shape)} and {list(errors.shape)}"
+            )
+        if not (np.isfinite(scores).all() and np.isfinite(errors).all()):
+            raise ModelError(f"{origin}: the model gives non-finite values on probe rows")
+        if (scores < 0).any() or (scores > 1).any() or (errors < 0).any():
+            raise ModelError(f"{origin}: scores must be within 0..1 and errors >= 0, got {scores.tolist()}")
+        row = [0.0] * N_FEATURES
+        timings = []
+        deadline = time.perf_counter() + 0.5
+        for _ in range(_COST_PROBES):
+            start = time.perf_counter()
+            self.score(row)
+            timings.append(time.perf_counter() - start)
+            if start > deadline:  # a model this slow has shown what it costs
+                break
+        timings.sort()
+        self.cost_s = timings[min(len(timings) - 1, math.ceil(len(timings) * 0.99) - 1)]
+
+    def score(self, row: list[float]) -> tuple[float, list[float]]:
+        """(score, per-feature errors) of one feature vector."""
+        scores, errors = self._run(self._outputs, {INPUT: np.array((row,), dtype=np.float32)})
+        return float(scores[0]), errors[0].tolist()  # plain floats: cheaper to rank than numpy scalars
+
+    def score_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and per-feature errors of many rows at once (evaluation, training reports)."""
+        scores, errors = self._session.run(self._outputs, {INPUT: np.asarray(rows, dtype=np.float32)})
+        return np.asarray(scores), np.asarray(errors)

@@ -1,0 +1,124 @@
+"""The risk stage: features -> model -> band, inside the call's budget.
+
+The budget is enforced without threads: after the features are computed, the
+model runs only when the budget left covers the model's measured p99 cost; a
+run that still overruns (a GC pause, a busy core) is discarded. Either way the
+outcome is SKIPPED, the decision falls back to policy alone and the rule's
+onRiskTimeout, and the counter behind `status()["skipped"]` grows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from authz_server.risk.bands import band_for
+from authz_server.risk.config import RiskConfig
+from authz_server.risk.features import FEATURE_NAMES, FEATURE_SCHEMA, BehaviourState
+from authz_server.risk.model import AnomalyModel
+from authz_server.risk.outcome import RiskAction, RiskFactor, RiskOutcome, RiskStatus
+
+if TYPE_CHECKING:  # authz_server.decision imports risk.outcome, and so this package, itself
+    from authz_server.call import Call
+    from authz_server.decision import Decision
+    from authz_server.identity.result import Identity
+    from authz_server.policy.outcome import PolicyOutcome
+
+_clock = time.perf_counter
+
+
+class RiskCounters:
+    """Process-wide counts that survive model reloads (health and metrics read them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.scored = 0
+        self.skipped = 0
+        self.annotated = 0
+        self.denied = 0
+        self.shadow = 0
+
+    def count(self, outcome: RiskOutcome) -> None:
+        with self._lock:
+            if outcome.status is RiskStatus.SKIPPED:
+                self.skipped += 1
+                return
+            self.scored += 1
+            if outcome.shadow:
+                self.shadow += 1
+            elif outcome.action is RiskAction.DENY:
+                self.denied += 1
+            elif outcome.action is RiskAction.ANNOTATE:
+                self.annotated += 1
+
+
+class RiskScorer:
+    """`RiskStage`: one model generation over the process's shared behavioural state."""
+
+    def __init__(
+        self,
+        model: AnomalyModel,
+        config: RiskConfig,
+        state: BehaviourState,
+        counters: RiskCounters | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        self.model = model
+        self.state = state
+        self.counters = counters or RiskCounters()
+        self._config = config
+        self._allow_below = config.allow_below
+        self._default_max_risk = config.default_max_risk
+        self._top = config.top_factors
+        self._shadow_until = (time.time() if started_at is None else started_at) + config.warmup_s
+        self._version = model.version
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    def _skipped(self, features: tuple[float, ...], shadow: bool) -> RiskOutcome:
+        outcome = RiskOutcome(
+            RiskStatus.SKIPPED, model_version=self._version, shadow=shadow, features=features,
+            feature_schema=FEATURE_SCHEMA,
+        )  # fmt: skip
+        self.counters.count(outcome)
+        return outcome
+
+    def assess(self, call: Call, identity: Identity, policy: PolicyOutcome, now: float, budget_s: float) -> RiskOutcome:
+        start = _clock()
+        shadow = self._config.shadow or policy.risk_shadow or now < self._shadow_until
+        if budget_s <= 0:  # the gRPC deadline has already passed
+            return self._skipped((), shadow)
+        row = self.state.features(call, identity, policy.normalized_path or call.path, now)
+        if _clock() - start + self.model.cost_s > budget_s:
+            return self._skipped(tuple(row), shadow)
+        score, errors = self.model.score(row)
+        if _clock() - start > budget_s:
+            return self._skipped(tuple(row), shadow)
+
+        max_risk = policy.max_risk if policy.max_risk is not None else self._default_max_risk
+        band, action = band_for(score, self._allow_below, max_risk)
+        outcome = RiskOutcome(
+            RiskStatus.SCORED, score, self._factors(errors), self._version, band, action, shadow, tuple(row),
+            FEATURE_SCHEMA,
+        )  # fmt: skip
+        self.counters.count(outcome)
+        return outcome
+
+    def _factors(self, errors: list[float]) -> tuple[RiskFactor, ...]:
+        """The features with the largest shares of the reconstruction error: what moved the score."""
+        total = sum(errors)
+        if total <= 0 or not self._top:
+            return ()
+        top = sorted(range(len(errors)), key=errors.__getitem__, reverse=True)[: self._top]
+        return tuple(RiskFactor(FEATURE_NAMES[i], errors[i] / total) for i in top)
+
+    def observe(self, call: Call, decision: Decision) -> None:
+        caller = decision.caller
+        if caller is None:
+            return
+        policy = decision.policy
+        route = (policy.normalized_path if policy is not None else None) or call.path
+        self.state.observe(call, caller, route, decision.verdict.lets_through)
