@@ -14,6 +14,7 @@ import datetime as dt
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +54,9 @@ spec:
 """
 
 ENUMERATION_CALLS = 60
+WARMUP_S = 8.0
+"""The risk stage's warm-up for the demo (600 s by default): scores are learned from, not enforced."""
+LEARN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,21 @@ def _print_table(rows: list[Row], out: TextIO) -> None:
             out.write("  ".join("-" * w for w in widths) + "\n")
 
 
-def _scripted_calls(mesh: LocalMesh, rows: list[Row], out: TextIO) -> None:
+def _learn(mesh: LocalMesh, until: float) -> int:
+    """Ordinary traffic while the risk stage is still in its warm-up (scores computed, never enforced)."""
+    calls = 0
+    while time.monotonic() < until:
+        i = calls
+        mesh.call(CHECKOUT, "POST", "/v1/charges")
+        mesh.call(CHECKOUT, "GET", f"/v1/charges/ch_{1001 + i % 3}")
+        mesh.call(FRONTEND, "GET", "/v1/prices/eur")
+        mesh.call(REPORTING, "GET", f"/v1/charges/ch_{1001 + i % 5}")
+        calls += 4
+        time.sleep(0.05)
+    return calls
+
+
+def _scripted_calls(mesh: LocalMesh, started: float, rows: list[Row], out: TextIO) -> None:
     def call(caller: str | tuple[Path, Path], label: str, method: str, path: str) -> Reply | None:
         try:
             reply = mesh.call(caller, method, path)
@@ -103,9 +121,14 @@ def _scripted_calls(mesh: LocalMesh, rows: list[Row], out: TextIO) -> None:
         rows.append(_row(label, method, path, reply))
         return reply
 
+    out.write(f"ordinary traffic for {LEARN_S:g}s while the risk stage learns each caller's habits (shadow mode)...\n")
+    learned = _learn(mesh, started + LEARN_S)
+    out.write(f"  {learned} calls; risk scores are enforced from {WARMUP_S:g}s after start\n")
+    time.sleep(max(0.0, started + WARMUP_S + 0.5 - time.monotonic()))
+
     out.write("allowed and denied by policy...\n")
     call(CHECKOUT, _short(CHECKOUT), "POST", "/v1/charges")
-    call(CHECKOUT, _short(CHECKOUT), "GET", "/v1/charges/ch_1001?expand=refunds")
+    call(CHECKOUT, _short(CHECKOUT), "GET", "/v1/charges/ch_1002?expand=refunds")
     call(FRONTEND, _short(FRONTEND), "GET", "/v1/prices/eur")
     call(FRONTEND, _short(FRONTEND), "POST", "/v1/charges")
     call(CHECKOUT, _short(CHECKOUT), "DELETE", "/v1/charges/ch_1001")
@@ -122,18 +145,24 @@ def _scripted_calls(mesh: LocalMesh, rows: list[Row], out: TextIO) -> None:
     foreign = "spiffe://partner.example/ns/shop/sa/checkout"
     call(mesh.write_svid(partner.issue(foreign)), _short(foreign), "POST", "/v1/charges")
 
-    out.write(f"a steady caller, then a caller that suddenly enumerates {ENUMERATION_CALLS} charges...\n")
-    for i in range(3):
-        call(REPORTING, _short(REPORTING), "GET", f"/v1/charges/ch_{1001 + i}")
+    out.write(f"the reporting job suddenly walks through charge ids, probing an admin route now and then "
+              f"({ENUMERATION_CALLS} calls)...\n")
+    call(REPORTING, _short(REPORTING), "GET", "/v1/charges/ch_1003")
     enumeration: list[Row] = []
     for i in range(ENUMERATION_CALLS):
-        reply = mesh.call(REPORTING, "GET", f"/v1/charges/ch_{5000 + i * 7}")
-        enumeration.append(_row(_short(REPORTING), "GET", f"/v1/charges/ch_{5000 + i * 7}", reply))
-    # Show the first call and every change of verdict, not sixty lines.
+        path = "/v1/admin/export" if i % 6 == 3 else f"/v1/charges/ch_{5000 + i * 7}"
+        enumeration.append(_row(_short(REPORTING), "GET", path, mesh.call(REPORTING, "GET", path)))
+    # Show the first probe and every change of verdict or reason of the walk, not sixty lines.
     shown: list[Row] = []
+    walk: list[Row] = []
     for index, row in enumerate(enumeration):
-        if not shown or (row.verdict, row.reason) != (shown[-1].verdict, shown[-1].reason):
-            shown.append(replace(row, request=f"{row.request}  [call {index + 1} of {ENUMERATION_CALLS}]"))
+        labelled = replace(row, request=f"{row.request}  [call {index + 1} of {ENUMERATION_CALLS}]")
+        if "/admin/" in row.request:
+            if not any("/admin/" in r.request for r in shown):
+                shown.append(labelled)
+        elif not walk or (row.verdict, row.reason) != (walk[-1].verdict, walk[-1].reason):
+            walk.append(row)
+            shown.append(labelled)
     rows.extend(shown)
 
 
@@ -141,12 +170,19 @@ def run_demo(keep: bool = False, out: TextIO = sys.stdout, on_mesh: Callable[[Lo
     workdir = Path(tempfile.mkdtemp(prefix="authz-demo-"))
     rows: list[Row] = []
     out.write(f"starting a trust domain ({TRUST_DOMAIN}), the server and Envoy in {workdir}...\n")
-    mesh = LocalMesh(workdir, DECLARATIONS, callee=PAYMENTS, accept_untrusted_clients=True)
+    mesh = LocalMesh(
+        workdir, DECLARATIONS, callee=PAYMENTS, accept_untrusted_clients=True,
+        # The demo, Envoy and the server share this machine's cores: a roomier budget than production's 2 ms
+        # keeps the story about scores rather than about a busy laptop.
+        server_config={"risk": {"warmup_s": WARMUP_S, "budget_ms": 20}},
+    )  # fmt: skip
     try:
         with mesh:
+            # The server's warm-up began before it was ready, so counting from now errs on the safe side.
+            started = time.monotonic()
             if on_mesh is not None:
                 on_mesh(mesh)
-            _scripted_calls(mesh, rows, out)
+            _scripted_calls(mesh, started, rows, out)
     finally:
         if not keep:
             for entry in workdir.iterdir():
