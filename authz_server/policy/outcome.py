@@ -43,6 +43,8 @@ class PolicyOutcome:
     on_risk_timeout: RiskTimeoutAction = RiskTimeoutAction.ALLOW
     risk_shadow: bool = False
     """The declaration asks for scores to be computed and annotated but never enforced."""
+    detail: str | None = None
+    """Words for the decision log, never for the caller (e.g. the quarantine entry's reason)."""
 
     @property
     def label(self) -> str:
