@@ -180,7 +180,7 @@ def run_log(path: Path, **config: Any) -> DecisionLog:
 def risk_authorizer(workspace: Workspace, log: DecisionLog, **risk: Any) -> Authorizer:
     """The real identity, policy and risk stages (the bundled ONNX model); `risk` overrides RiskConfig."""
     from authz_server.risk.config import RiskConfig
-    from authz_server.risk.source import RiskSource
+    from authz_server.risk.model_source import RiskSource
 
     identity = IdentitySource(workspace.identity_config).load()
     scorer = RiskSource(RiskConfig(**{"warmup_s": 0.0, **risk})).load()
