@@ -214,6 +214,16 @@ class LocalMesh:
             return []
         return [json.loads(line) for line in self.decision_log.read_text().splitlines() if line.strip()]
 
+    def logged(self, decision_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The decision log line of one decision; the log is written off the hot path, so this waits for it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.decisions():
+                if line["decision_id"] == decision_id:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"decision {decision_id} never reached the decision log {self.decision_log}")
+
     def stop(self) -> None:
         if self.envoy is not None:
             self.envoy.stop()

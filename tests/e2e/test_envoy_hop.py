@@ -7,10 +7,8 @@ and forwards allowed calls to an upstream that echoes the headers it received.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -45,16 +43,6 @@ def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield running
 
 
-def _decision(mesh: LocalMesh, decision_id: str) -> dict[str, Any]:
-    """The decision log line for one decision (the log is written off the hot path: wait for it)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in mesh.decisions():
-            if line["decision_id"] == decision_id:
-                return line
-        time.sleep(0.05)
-    raise AssertionError(f"decision {decision_id} never reached the decision log")
-
 
 def test_an_allowed_call_reaches_the_upstream_with_the_annotations(mesh: LocalMesh) -> None:
     reply = mesh.call(CHECKOUT, "POST", "/v1/charges?amount=3", body=b"{}")
@@ -65,7 +53,7 @@ def test_an_allowed_call_reaches_the_upstream_with_the_annotations(mesh: LocalMe
     assert seen["x-authz-source"] == CHECKOUT
     assert seen["x-authz-policy"].startswith("shop/payments@")
     assert seen["x-authz-risk"] == "disabled"
-    logged = _decision(mesh, seen["x-authz-decision-id"])
+    logged = mesh.logged(seen["x-authz-decision-id"])
     assert logged["verdict"] == "allow"
     assert logged["source"]["spiffe_id"] == CHECKOUT
     assert logged["policy"]["rule"] == "checkout-charges"
@@ -107,7 +95,7 @@ def test_a_denied_call_gets_status_reason_and_decision_id_and_never_reaches_the_
         "decision_id": reply.headers["x-authz-decision-id"],
     }
     assert mesh.echo.requests == before
-    logged = _decision(mesh, body["decision_id"])
+    logged = mesh.logged(body["decision_id"])
     assert logged["source"]["spiffe_id"] == FRONTEND
     assert logged["http_status"] == 403
 

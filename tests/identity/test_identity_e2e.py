@@ -17,7 +17,6 @@ XFCC only: a client-written element before Envoy's is never the one believed.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,16 +55,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
         yield running
 
 
-def _logged(mesh: LocalMesh, decision_id: str) -> dict[str, Any]:
-    """The decision log line of one decision (written off the hot path, so wait for it)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in mesh.decisions():
-            if line["decision_id"] == decision_id:
-                return line
-        time.sleep(0.05)
-    raise AssertionError(f"decision {decision_id} never reached the decision log")
-
 
 def _denied(mesh: LocalMesh, reply: Reply, status: int, reason: str, upstream_before: int) -> dict[str, Any]:
     """Assert what the caller sees of an identity denial; return the decision log line."""
@@ -75,7 +64,7 @@ def _denied(mesh: LocalMesh, reply: Reply, status: int, reason: str, upstream_be
     decision_id = reply.headers["x-authz-decision-id"]
     assert reply.json == {"decision": "deny", "reason": reason, "decision_id": decision_id}
     assert mesh.echo is not None and mesh.echo.requests == upstream_before, "a denied call reached the upstream"
-    logged = _logged(mesh, decision_id)
+    logged = mesh.logged(decision_id)
     assert logged["verdict"] == "deny" and logged["source"] is None
     assert logged["identity_error"]["reason"] == reason
     # The caller learns the reason code only; the detail is for the operator.
@@ -97,7 +86,7 @@ def test_a_good_svid_is_allowed_and_reaches_the_upstream_as_itself(mesh: LocalMe
     assert seen["x-authz-decision"] == "allow"
     assert seen["x-authz-source"] == CALLER
     assert _upstream_requests(mesh) == before + 1
-    logged = _logged(mesh, seen["x-authz-decision-id"])
+    logged = mesh.logged(seen["x-authz-decision-id"])
     assert logged["source"]["spiffe_id"] == CALLER
     assert logged["source"]["proof"] == "certificate"
     assert logged["identity_error"] is None
@@ -173,7 +162,7 @@ def test_xfcc_written_by_the_local_envoy_proves_the_caller(xfcc_mesh: LocalMesh)
     seen = reply.upstream_headers
     assert seen["x-authz-source"] == CALLER
     assert f"By={CALLEE}" in seen["x-forwarded-client-cert"]
-    assert _logged(xfcc_mesh, seen["x-authz-decision-id"])["source"]["proof"] == "xfcc"
+    assert xfcc_mesh.logged(seen["x-authz-decision-id"])["source"]["proof"] == "xfcc"
 
 
 def test_a_client_written_xfcc_element_replaying_a_good_certificate_is_ignored(xfcc_mesh: LocalMesh) -> None:

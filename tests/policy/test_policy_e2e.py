@@ -75,15 +75,6 @@ def _upstream_count(mesh: LocalMesh) -> int:
     return int(mesh.echo.requests)
 
 
-def _logged(mesh: LocalMesh, decision_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in mesh.decisions():
-            if line["decision_id"] == decision_id:
-                return line
-        time.sleep(0.05)
-    raise AssertionError(f"decision {decision_id} never reached the decision log")
-
 
 def _denied(mesh: LocalMesh, reply: Reply, reason: str, before: int) -> dict[str, Any]:
     assert reply.status == 403, reply.body
@@ -91,7 +82,7 @@ def _denied(mesh: LocalMesh, reply: Reply, reason: str, before: int) -> dict[str
     assert reply.headers["x-authz-reason"] == reason
     assert reply.json["reason"] == reason
     assert _upstream_count(mesh) == before, "a denied call reached the upstream"
-    logged = _logged(mesh, reply.headers["x-authz-decision-id"])
+    logged = mesh.logged(reply.headers["x-authz-decision-id"])
     assert logged["policy"]["reason"] == reason
     return logged
 
@@ -109,7 +100,7 @@ def test_allowed_route_reaches_the_upstream_annotated(mesh: LocalMesh) -> None:
     assert seen["x-authz-decision"] == "allow"
     assert seen["x-authz-source"] == FRONTEND
     assert seen["x-authz-policy"].startswith("shop/payments@")
-    logged = _logged(mesh, seen["x-authz-decision-id"])
+    logged = mesh.logged(seen["x-authz-decision-id"])
     assert (logged["policy"]["document"], logged["policy"]["rule"]) == ("shop/payments", "frontend-orders")
 
 
@@ -162,7 +153,7 @@ def test_dry_run_document_lets_the_would_be_denial_through_marked(mesh: LocalMes
     seen = reply.upstream_headers
     assert seen["x-authz-decision"] == "dry-run-deny"
     assert seen["x-authz-reason"] == "denied-by-rule"
-    logged = _logged(mesh, seen["x-authz-decision-id"])
+    logged = mesh.logged(seen["x-authz-decision-id"])
     assert logged["verdict"] == "dry-run-deny"
     assert (logged["policy"]["document"], logged["policy"]["rule"]) == ("shop/payments-proposed", "no-bulk-orders")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -56,15 +55,6 @@ def _risk(reply: Reply) -> tuple[float | None, str | None]:
     return float(headers["x-authz-risk"]), headers.get("x-authz-risk-factors")
 
 
-def _logged(mesh: LocalMesh, decision_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in mesh.decisions():
-            if line["decision_id"] == decision_id:
-                return line
-        time.sleep(0.2)
-    raise AssertionError(f"decision {decision_id} never reached the log")
-
 
 def test_an_enumerating_caller_is_annotated_then_denied_while_a_steady_one_is_not(mesh: LocalMesh) -> None:
     ready_at: float = mesh.ready_at  # type: ignore[attr-defined]
@@ -108,7 +98,7 @@ def test_an_enumerating_caller_is_annotated_then_denied_while_a_steady_one_is_no
 
     assert denied is not None, "the enumerating caller was never denied"
     assert denied.json["reason"] == "risk"
-    line = _logged(mesh, denied.json["decision_id"])
+    line = mesh.logged(denied.json["decision_id"])
     assert line["verdict"] == "deny" and line["reason"] == "risk"
     risk = line["risk"]
     assert risk["band"] == "high" and risk["score"] > MAX_RISK
