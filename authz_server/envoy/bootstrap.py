@@ -79,6 +79,9 @@ class SidecarSpec:
     """An envoy.filters.http.rbac config (typed RBAC) used instead of ext_authz, for comparison."""
     access_log: bool = True
     concurrency_hint: int = 0
+    upstream_direct_response: str | None = None
+    """Benchmarks: Envoy answers calls that pass the filters itself (200, this body) instead of proxying to
+    `upstream`, so the upstream is never the bottleneck. None (the default): route to `upstream`."""
 
 
 def _socket(endpoint: Endpoint) -> dict[str, Any]:
@@ -188,6 +191,9 @@ def _http_filters(spec: SidecarSpec) -> list[dict[str, Any]]:
 
 def _route(spec: SidecarSpec) -> dict[str, Any]:
     route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": UPSTREAM_CLUSTER, "timeout": "15s"}}
+    if spec.upstream_direct_response is not None:
+        del route["route"]
+        route["direct_response"] = {"status": 200, "body": {"inline_string": spec.upstream_direct_response}}
     if spec.authz is not None and spec.context_extensions:
         route["typed_per_filter_config"] = {
             EXT_AUTHZ_FILTER: {

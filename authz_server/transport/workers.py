@@ -8,11 +8,18 @@ Envoy has several connections: its cluster should cap max_concurrent_streams
 
 Workers are fresh interpreters started with the effective configuration
 written to a file, not forks: grpcio does not survive fork() with live threads.
+
+`workers: 0` means one per CPU this process may actually use: the CPU
+affinity mask, capped by the cgroup CPU limit (a Kubernetes
+`resources.limits.cpu`), since os.cpu_count() reports the node's cores and a
+pod limited to 2 CPUs on a 64-core node would otherwise start 64 processes
+that the kernel throttles.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -38,8 +45,38 @@ def configure_logging() -> None:
     )
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs the cgroup CPU quota allows (cgroup v2 cpu.max, else v1 cfs quota/period); None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for controller in ("cpu", "cpu,cpuacct"):
+        try:
+            quota_us = int((root / controller / "cpu.cfs_quota_us").read_text())
+            period_us = int((root / controller / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
+
+
+def available_cpus(root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process can use: its affinity mask, capped by the cgroup limit rounded down (at least 1)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        # Rounded down, as Go's automaxprocs does: a worker per partial CPU would only be throttled.
+        cpus = min(cpus, max(1, math.floor(limit)))
+    return max(1, cpus)
+
+
 def worker_count(config: Config) -> int:
-    return config.workers or os.cpu_count() or 1
+    return config.workers or available_cpus()
 
 
 def serve(config: Config) -> int:
