@@ -10,14 +10,14 @@ never quoted for a pipeline it did not measure.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from authz_server.audit import DecisionLog
+from authz_server.audit.config import LogConfig
 from authz_server.authorizer import Authorizer, DecisionSink, Runtime, StageTimings
 from authz_server.call import Call
 from authz_server.decision import Decision
@@ -25,6 +25,8 @@ from authz_server.identity import source as identity_source
 from authz_server.identity.config import IdentityConfig, TrustDomainConfig
 from authz_server.policy import source as make_policy_source
 from authz_server.policy.config import PolicyConfig
+from authz_server.risk import source as make_risk_source
+from authz_server.risk.config import RiskConfig
 from authz_server.stages import PolicyStage, RiskStage
 from benchmarks.workload import TRUST_DOMAIN, Workload
 
@@ -87,12 +89,6 @@ class Pipeline:
                 log.exception("closing a benchmark stage failed")
 
 
-def _optional(module: str, attribute: str) -> Any | None:
-    try:
-        return getattr(importlib.import_module(module), attribute, None)
-    except ImportError:
-        return None
-
 
 def write_inputs(workload: Workload, directory: Path) -> tuple[Path, Path]:
     """The trust bundle and the declarations, as files the real stage sources load."""
@@ -119,12 +115,6 @@ def build_pipeline(
     )
 
 
-def real_stages_available() -> bool:
-    """True once risk provides `source(config)` too, i.e. `authz-server serve` can run the full pipeline."""
-    return (
-        _optional("authz_server.policy", "source") is not None and _optional("authz_server.risk", "source") is not None
-    )
-
 
 def assemble(
     bundle: Path,
@@ -149,31 +139,20 @@ def assemble(
 
     risk_stage: RiskStage | None = None
     stages["risk"] = "off"
-    make_risk = _optional("authz_server.risk", "source")
-    if risk and make_risk is not None:
-        from authz_server.risk.config import RiskConfig
-
-        risk_source = make_risk(RiskConfig())
+    if risk:
+        risk_source = make_risk_source(RiskConfig())
         risk_stage = risk_source.load()
         closers.append(risk_source.close)
         stages["risk"] = "real"
-    elif risk:
-        stages["risk"] = "off (authz_server.risk.source not in this tree)"
 
     inner: DecisionSink | None = None
     stages["decision log"] = "off"
-    decision_log_class = _optional("authz_server.audit", "DecisionLog")
-    if decision_log and decision_log_class is not None:
-        from authz_server.audit.config import LogConfig
-
-        inner = decision_log_class(LogConfig(decisions=str(decisions)))
-        start = getattr(inner, "start", None)
-        if start is not None:
-            start()
-        closers.append(inner.close)  # type: ignore[union-attr]
+    if decision_log:
+        decisions_log = DecisionLog(LogConfig(decisions=str(decisions)))
+        decisions_log.start()
+        closers.append(decisions_log.close)
+        inner = decisions_log
         stages["decision log"] = "real (file)"
-    elif decision_log:
-        stages["decision log"] = "off (authz_server.audit.DecisionLog not in this tree)"
 
     sink = TimingSink(capacity, inner)
     runtime = Runtime(identity=identity_stage, policy=policy_stage, risk=risk_stage)

@@ -301,7 +301,6 @@ class Options:
     streams_cap: int
     generator_cpus: str | None
     rate: int
-    implementation: str
 
 
 def representative(samples: Sequence[Sample]) -> Sample:
@@ -321,7 +320,7 @@ def grpc_part(
         targets.append(Target(f"floor {transport}", h2load_driver(group.port, body, options.generator_cpus), group))
     for transport in options.transports:
         for workers in options.workers:
-            spec = DecisionServerSpec(transport=transport, workers=workers, implementation=options.implementation)
+            spec = DecisionServerSpec(transport=transport, workers=workers)
             group = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
             if not check_response_ok(probe_check(group.port, probe)):
                 raise RuntimeError("the representative request was not allowed: the benchmark setup is broken")
@@ -358,7 +357,7 @@ def rate_part(
     servers: list[tuple[str, ServerGroup]] = []
     for transport in options.transports:
         servers.append((f"floor {transport}", stack.enter_context(floor_server(workdir, transport).start(probe))))
-        spec = DecisionServerSpec(transport=transport, implementation=options.implementation)
+        spec = DecisionServerSpec(transport=transport)
         group = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
         servers.append((f"authz {transport} w1", group))
     for name, group in servers:
@@ -404,7 +403,7 @@ def envoy_part(
     chain("ext_authz: floor aio", ChainSpec("ext_authz", floor.port), floor)
     default_transport = options.transports[0]
     for workers in options.workers:
-        spec = DecisionServerSpec(transport=default_transport, workers=workers, implementation=options.implementation)
+        spec = DecisionServerSpec(transport=default_transport, workers=workers)
         group = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
         chain(f"ext_authz: authz {default_transport} w{workers}", ChainSpec("ext_authz", group.port), group)
         if workers > 1 and options.streams_cap:
@@ -455,10 +454,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=100_000, help="in-process calls (upper bound)")
     parser.add_argument("--samples", type=int, default=4000, help="distinct requests in the workload")
     parser.add_argument("--generator-cpus", default=None, help="taskset CPU list for h2load/wrk (e.g. 0)")
-    parser.add_argument(
-        "--implementation", choices=("auto", "serve", "host"), default="auto",
-        help="decision server: authz-server serve, or benchmarks.host_server (auto: serve when every stage exists)",
-    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=OUT, help="directory for results.json and the plots")
     return parser.parse_args(argv)
 
@@ -485,7 +480,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         streams_cap=args.streams_cap,
         generator_cpus=args.generator_cpus,
         rate=args.rate,
-        implementation=args.implementation,
     )
     started = time.monotonic()
     document: dict[str, Any] = {

@@ -22,7 +22,6 @@ import yaml
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.dev.mesh import free_port
 from authz_server.transport.grpc_server import AUTHORIZATION_SERVICE
-from benchmarks.pipeline import real_stages_available
 from benchmarks.stats import summarize
 from benchmarks.workload import TRUST_DOMAIN
 
@@ -197,13 +196,6 @@ class DecisionServerSpec:
     transport: str = "sync"
     workers: int = 1
     threads: int = 4
-    implementation: str = "auto"
-    """'serve' (authz-server serve), 'host' (benchmarks.host_server) or 'auto' (serve once it has every stage)."""
-
-    def resolved(self) -> str:
-        if self.implementation != "auto":
-            return self.implementation
-        return "serve" if real_stages_available() else "host"
 
 
 def decision_server(
@@ -212,24 +204,19 @@ def decision_server(
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     decisions = workdir / f"decisions-{spec.transport}-w{spec.workers}-{port}.jsonl"
-    if spec.resolved() == "serve":
-        config: dict[str, Any] = {
-            "transport": spec.transport,
-            "threads": spec.threads,
-            "identity": {"trust_domains": {TRUST_DOMAIN: {"bundle": str(bundle)}}},
-            "policy": {"paths": [str(policies)]},
-            "log": {"decisions": str(decisions)},
-            "grace_period_s": 2,
-        }
-        config_path = workdir / f"server-{port}.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        command = [sys.executable, "-m", "authz_server", "serve", "--config", str(config_path),
-                   "--listen", f"127.0.0.1:{port}", "--workers", str(spec.workers)]  # fmt: skip
-        return ServerGroup("authz-serve", [pinned(command, cpus)], workdir, port, spec.workers, decisions)
-    command = [sys.executable, "-m", "benchmarks.host_server", "--listen", f"127.0.0.1:{port}",
-               "--bundle", str(bundle), "--policies", str(policies), "--decisions", str(decisions),
-               "--transport", spec.transport, "--threads", str(spec.threads)]  # fmt: skip
-    return ServerGroup("authz-host", [pinned(command, cpus)] * spec.workers, workdir, port, spec.workers, decisions)
+    config: dict[str, Any] = {
+        "transport": spec.transport,
+        "threads": spec.threads,
+        "identity": {"trust_domains": {TRUST_DOMAIN: {"bundle": str(bundle)}}},
+        "policy": {"paths": [str(policies)]},
+        "log": {"decisions": str(decisions)},
+        "grace_period_s": 2,
+    }
+    config_path = workdir / f"server-{port}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "authz_server", "serve", "--config", str(config_path),
+               "--listen", f"127.0.0.1:{port}", "--workers", str(spec.workers)]  # fmt: skip
+    return ServerGroup("authz-serve", [pinned(command, cpus)], workdir, port, spec.workers, decisions)
 
 
 def stage_timings(decisions: Path, since: float, until: float) -> dict[str, dict[str, float]]:
