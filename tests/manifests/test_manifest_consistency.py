@@ -92,8 +92,8 @@ def test_termination_outlasts_pre_stop_and_the_servers_drain(objects: list[Objec
 def test_workers_match_the_cpu_limit_and_sizing_is_as_benchmarked(objects: list[Object]) -> None:
     resources = container(server_pod(objects)["spec"], SERVER)["resources"]
     assert CONFIG["workers"] == cpu_cores(resources["limits"]["cpu"])
-    assert resources["requests"] == {"cpu": "1", "memory": "256Mi"}
-    assert resources["limits"] == {"cpu": "2", "memory": "512Mi"}
+    assert resources["requests"] == {"cpu": "1", "memory": "128Mi"}
+    assert resources["limits"] == {"cpu": "1", "memory": "256Mi"}
 
 
 def test_server_reads_its_config_declarations_and_workload_api_from_mounted_volumes(objects: list[Object]) -> None:
