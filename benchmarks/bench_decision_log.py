@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
@@ -82,7 +83,7 @@ def requests(directory: Path) -> tuple[Runtime, list[external_auth_pb2.CheckRequ
 def decisions(directory: Path) -> list[tuple[object, Decision, StageTimings]]:
     runtime, made = requests(directory)
     capture = Capture()
-    authorizer = Authorizer(runtime, capture)  # type: ignore[arg-type]
+    authorizer = Authorizer(runtime, capture)
     for request in made:
         authorizer.check(request)
     return capture.records
@@ -99,7 +100,7 @@ def bench_check(directory: Path, calls: int, with_log: bool) -> dict[str, float]
 
         log.add_observer(DecisionMetrics(CollectorRegistry()))
         log.start()
-    authorizer = Authorizer(runtime, log if with_log else NullSink())  # type: ignore[arg-type]
+    authorizer = Authorizer(runtime, log if with_log else NullSink())
     check = authorizer.check
     ns = time.perf_counter_ns
     samples = []
@@ -113,7 +114,7 @@ def bench_check(directory: Path, calls: int, with_log: bool) -> dict[str, float]
     return {"p50_us": percentile(samples, 0.5), "p99_us": percentile(samples, 0.99)}
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 

@@ -255,7 +255,7 @@ def grpc_step(config: GrpcGate, workload: Workload, workdir: Path, verdict: Verd
         cpu_us = (server.cpu_seconds() - before) / max(1, load.requests) * 1e6
         cpu_us *= config.seconds / (config.seconds + config.warmup_seconds)
     error_share = load.errors / max(1, load.requests + load.errors)
-    print(f"\ngRPC, server `{spec.resolved()}` transport {spec.transport}, h2load, {config.concurrency} in flight")
+    print(f"\ngRPC, `authz-server serve` transport {spec.transport}, h2load, {config.concurrency} in flight")
     print(
         table(
             ["req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "CPU µs/req", "errors"],
