@@ -142,7 +142,7 @@ def bench_record(records: list[tuple[object, Decision, StageTimings]], calls: in
 
 def bench_serialise_cpu(records: list[tuple[object, Decision, StageTimings]], rounds: int = 30) -> float:
     """CPU µs to turn one decision into its JSON line (thread CPU clock: immune to other processes)."""
-    from authz_server.audit.log import _ENCODER
+    from authz_server.audit.log import encode_line
     from authz_server.audit.record import HeaderFilter, build_record
 
     headers = HeaderFilter(LogConfig().headers, LogConfig().redact)
@@ -151,7 +151,7 @@ def bench_serialise_cpu(records: list[tuple[object, Decision, StageTimings]], ro
     for _ in range(rounds):
         start = time.thread_time_ns()
         for call, decision, timings in batch:
-            _ENCODER.encode(build_record(call, decision, timings, 1.8e9, headers))  # type: ignore[arg-type]
+            encode_line(build_record(call, decision, timings, 1.8e9, headers))  # type: ignore[arg-type]
         best = min(best, (time.thread_time_ns() - start) / len(batch) / 1000)
     return best
 

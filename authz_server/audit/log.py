@@ -16,7 +16,9 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
 
 from authz_server.audit.config import LogConfig
 from authz_server.audit.destinations import Destination, open_destination
@@ -32,8 +34,20 @@ log = logging.getLogger("authz_server.audit")
 
 QueuedDecision = tuple["Call", "Decision", "StageTimings", float]
 _BATCH = 512
-# One encoder for the thread's life; records are fresh trees, so the circular-reference check is skipped.
+# The writer shares the GIL with the deciding threads, so its CPU is theirs: orjson writes a line in ~3 µs where
+# json.dumps took ~22. Both give the same compact UTF-8 text; orjson spells tiny floats' exponents without the
+# padding zero (1e-6 for 1e-06), the same JSON number.
+# The standard library's encoder is kept for the one thing orjson refuses: strings that are not valid Unicode
+# (a file name's undecodable bytes, carried by surrogate escapes), which it writes backslash-escaped.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One decision log line, without its newline."""
+    try:
+        return orjson.dumps(record)
+    except orjson.JSONEncodeError:
+        return _ENCODER.encode(record).encode("utf-8", "backslashreplace")
 
 
 class DecisionObserver(Protocol):
@@ -158,8 +172,8 @@ class DecisionLog:
     def _drain_batch(self) -> None:
         queue = self._queue
         writing = self.config.decisions != "off"
-        lines: list[str] = []
-        encode, headers = _ENCODER.encode, self._headers
+        lines: list[bytes] = []
+        encode, headers = encode_line, self._headers
         taken = 0
         for _ in range(_BATCH):
             try:
@@ -183,7 +197,7 @@ class DecisionLog:
             return
         assert self._destination is not None
         try:
-            self._destination.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+            self._destination.write(b"\n".join(lines) + b"\n")
         except (OSError, ValueError) as exc:
             self._write_failures += len(lines)
             log.error("decision log: writing %d lines to %s failed: %s", len(lines), self.config.decisions, exc)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -125,12 +127,34 @@ def _check_signature(session: ort.InferenceSession, origin: str) -> None:
             raise ModelError(f"{origin}: output {name!r} missing (outputs: {sorted(outputs)})")
 
 
+class _RowBinding(threading.local):
+    """Each thread's one-row input and outputs, bound to the session once and refilled in place per call.
+
+    `session.run` builds a feed, checks it and allocates fresh output arrays on every call; with the buffers
+    bound once, a run only reads and writes memory that stays put, about half the cost on the decision path.
+    Per thread because onnxruntime releases the GIL while it runs: threads scoring at once must not share them.
+    """
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.row = np.zeros((1, N_FEATURES), dtype=np.float32)
+        self.score = np.zeros((1,), dtype=np.float32)
+        self.errors = np.zeros((1, N_FEATURES), dtype=np.float32)
+        self.read_score = self.score.tolist
+        self.read_errors = self.errors[0].tolist
+        binding = session.io_binding()
+        binding.bind_cpu_input(INPUT, self.row)
+        for name, array in ((OUTPUT_SCORE, self.score), (OUTPUT_ERRORS, self.errors)):
+            binding.bind_output(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+        self.binding = binding
+
+
 class AnomalyModel:
     """A loaded, checked model. `score` is safe to call from many threads (onnxruntime sessions are)."""
 
     def __init__(self, session: ort.InferenceSession, card: ModelCard) -> None:
         self._session = session
-        self._run = session.run
+        self._run_bound = session.run_with_iobinding
+        self._bindings = _RowBinding(session)
         self._outputs = [OUTPUT_SCORE, OUTPUT_ERRORS]
         self.card = card
         self.version = card.version
@@ -184,6 +208,10 @@ class AnomalyModel:
         if (scores < 0).any() or (scores > 1).any() or (errors < 0).any():
             raise ModelError(f"{origin}: scores must be within 0..1 and errors >= 0, got {scores.tolist()}")
         row = [0.0] * N_FEATURES
+        try:  # what serving runs: one row through the bound buffers
+            self.score(row)
+        except Exception as exc:
+            raise ModelError(f"{origin}: the model fails on a single probe row: {str(exc).strip()}") from exc
         timings = []
         deadline = time.perf_counter() + 0.5
         for _ in range(_COST_PROBES):
@@ -195,10 +223,13 @@ class AnomalyModel:
         timings.sort()
         self.cost_s = timings[min(len(timings) - 1, math.ceil(len(timings) * 0.99) - 1)]
 
-    def score(self, row: list[float]) -> tuple[float, list[float]]:
+    def score(self, row: Sequence[float]) -> tuple[float, list[float]]:
         """(score, per-feature errors) of one feature vector."""
-        scores, errors = self._run(self._outputs, {INPUT: np.array((row,), dtype=np.float32)})
-        return float(scores[0]), errors[0].tolist()  # plain floats: cheaper to rank than numpy scalars
+        bound = self._bindings
+        bound.row[0] = row
+        # No RunOptions: with them, run_with_iobinding looks up an unset option via a C++ exception (~40 µs).
+        self._run_bound(bound.binding)
+        return bound.read_score()[0], bound.read_errors()  # plain floats: cheaper to rank than numpy scalars
 
     def score_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores and per-feature errors of many rows at once (evaluation, training reports)."""
