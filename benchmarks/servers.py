@@ -193,7 +193,7 @@ def floor_server(workdir: Path, transport: str, workers: int = 1, cpus: str | No
 
 @dataclass(frozen=True)
 class DecisionServerSpec:
-    transport: str = "sync"
+    transport: str = "aio"
     workers: int = 1
     threads: int = 4
 
