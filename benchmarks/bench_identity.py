@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime as dt
 import json
 import platform
 import statistics
@@ -22,8 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
@@ -95,32 +93,11 @@ def _measure(
 
 
 def _tangle(ca: TrustDomainCA, count: int) -> str:
-    """An XFCC element whose Chain holds `count` CA certificates that share our CA's subject and one key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-
-    def make(is_ca: bool) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(ca.certificate.subject if is_ca else x509.Name([]))
-            .issuer_name(ca.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(not is_ca, False, False, False, False, is_ca, is_ca, False, False), critical=True
-            )
-        )
-        if not is_ca:
-            san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{TRUST_DOMAIN}/t")])
-            builder = builder.add_extension(san, critical=False)
-        return builder.sign(key, hashes.SHA256())
-
-    certificates = [make(False)] + [make(True) for _ in range(count)]
-    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+    """An XFCC element whose Chain is TrustDomainCA.tangled_chain: a leaf and `count` mutually signing CAs."""
+    leaf, tangle = ca.tangled_chain(f"spiffe://{TRUST_DOMAIN}/t", count)
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, *tangle))
     return f"By={PROXY};Chain={_quote(pem)}"
+
 
 
 def main() -> int:

@@ -14,20 +14,15 @@ that measures the generator's own ceiling (wrk + client Envoy, no sidecar).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import yaml
-
 from authz_server.dev.mesh import free_port
 from authz_server.envoy.bootstrap import Endpoint, SidecarSpec, TlsFiles
-from authz_server.envoy.process import EnvoyError, EnvoyProcess, envoy_binary
+from authz_server.envoy.process import EnvoyProcess
 from benchmarks.servers import ProcessTree, pinned
 from benchmarks.workload import CALLEE, CALLER_HEADER, Workload, all_accounts
 
@@ -141,57 +136,11 @@ def client_bootstrap(
     }
 
 
-class ClientEnvoy:
-    """The load generator's own sidecar (see the module docstring)."""
-
-    def __init__(self, config: dict[str, Any], workdir: Path, concurrency: int, cpus: str | None) -> None:
-        self.config = config
-        self.workdir = workdir
-        self.concurrency = concurrency
-        self.cpus = cpus
-        admin = config["admin"]["address"]["socket_address"]
-        self.admin_url = f"http://{admin['address']}:{admin['port_value']}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 30.0) -> ClientEnvoy:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config_path = self.workdir / "client-envoy.yaml"
-        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        log = (self.workdir / "client-envoy.log").open("wb")
-        base_id = str(os.getpid() % 60000 + 7)
-        command = [envoy_binary(), "--config-path", str(config_path), "--concurrency", str(self.concurrency),
-                   "--log-level", "warning", "--base-id", base_id, "--disable-hot-restart"]  # fmt: skip
-        self.process = subprocess.Popen(pinned(command, self.cpus), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                text = (self.workdir / "client-envoy.log").read_text()[-4000:]
-                raise EnvoyError(f"client envoy exited with {self.process.returncode}:\n{text}")
-            try:
-                with urllib.request.urlopen(f"{self.admin_url}/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise EnvoyError(f"client envoy not ready after {timeout_s}s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @dataclass
 class Chain:
     """Client Envoy + sidecar Envoy for one configuration; `url` is where the load generator points."""
 
-    client: ClientEnvoy
+    client: EnvoyProcess
     sidecar: EnvoyProcess
     url: str
 
@@ -257,8 +206,10 @@ def start_chain(workload: Workload, workdir: Path, spec: ChainSpec) -> Chain:
     listen = Endpoint("127.0.0.1", free_port())
     client_config = client_bootstrap(listen, Endpoint("127.0.0.1", free_port()), sidecar_listener, svids, bundle)
     try:
-        client = ClientEnvoy(client_config, workdir / f"client-{spec.authz}", spec.client_concurrency, spec.client_cpus)
-        client.start()
+        client = EnvoyProcess(
+            client_config, workdir / f"client-{spec.authz}", spec.client_concurrency,
+            name="client-envoy", command_prefix=pinned([], spec.client_cpus),
+        ).start()  # fmt: skip
     except BaseException:
         sidecar.stop()
         raise

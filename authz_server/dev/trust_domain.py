@@ -178,3 +178,31 @@ class TrustDomainCA:
         cert = builder.sign(self.key, hashes.SHA256())
         chain = (self.certificate, *self.parents[:-1]) if self.parents else ()
         return Svid(cert, key, chain)
+
+    def tangled_chain(self, spiffe_id: str, count: int) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+        """An attack on chain building: a leaf for spiffe_id and `count` CA certificates that all carry this CA's
+        subject and share one attacker key, so each validly signs every other and a naive path search tries
+        every ordering. None of them chains to this CA's real key."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = _now() - dt.timedelta(minutes=1)
+
+        def make(is_ca: bool) -> x509.Certificate:
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(self.certificate.subject if is_ca else x509.Name([]))
+                .issuer_name(self.certificate.subject)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start)
+                .not_valid_after(start + dt.timedelta(hours=1))
+                .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+                .add_extension(
+                    x509.KeyUsage(not is_ca, False, False, False, False, is_ca, is_ca, False, False), critical=True
+                )
+            )
+            if not is_ca:
+                san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)])
+                builder = builder.add_extension(san, critical=False)
+            return builder.sign(key, hashes.SHA256())
+
+        return make(False), tuple(make(True) for _ in range(count))

@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import yaml
 
@@ -29,49 +31,59 @@ def envoy_binary() -> str:
 
 
 class EnvoyProcess:
-    """An Envoy started on a SidecarSpec; a context manager that always stops it."""
+    """An Envoy started on a SidecarSpec (or any bootstrap with an admin address); a context manager that always
+    stops it. `command_prefix` wraps the command line, e.g. with taskset to pin it to a CPU."""
 
-    def __init__(self, spec: SidecarSpec, workdir: Path, concurrency: int = 1, log_level: str = "warning") -> None:
-        if spec.admin is None:
-            raise EnvoyError("the spec needs an admin endpoint so readiness can be checked")
-        self.spec = spec
+    def __init__(
+        self,
+        config: SidecarSpec | Mapping[str, Any],
+        workdir: Path,
+        concurrency: int = 1,
+        log_level: str = "warning",
+        name: str = "envoy",
+        command_prefix: Sequence[str] = (),
+    ) -> None:
+        self.bootstrap = render_bootstrap(config) if isinstance(config, SidecarSpec) else dict(config)
+        admin = self.bootstrap.get("admin", {}).get("address", {}).get("socket_address")
+        if not admin:
+            raise EnvoyError("the bootstrap needs an admin address so readiness can be checked")
+        self.admin_url = f"http://{admin['address']}:{admin['port_value']}"
+        self._admin_port = int(admin["port_value"])
         self.workdir = workdir
         self.concurrency = concurrency
         self.log_level = log_level
-        self.config_path = workdir / "envoy.yaml"
-        self.log_path = workdir / "envoy.log"
+        self.name = name
+        self.command_prefix = tuple(command_prefix)
+        self.config_path = workdir / f"{name}.yaml"
+        self.log_path = workdir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def admin_url(self) -> str:
-        assert self.spec.admin is not None
-        return f"http://{self.spec.admin.host}:{self.spec.admin.port}"
 
     def start(self, timeout_s: float = 30.0) -> EnvoyProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(render_bootstrap(self.spec), sort_keys=False))
+        self.config_path.write_text(yaml.safe_dump(self.bootstrap, sort_keys=False))
+        command = [
+            *self.command_prefix,
+            envoy_binary(),
+            "--config-path",
+            str(self.config_path),
+            "--concurrency",
+            str(self.concurrency),
+            "--log-level",
+            self.log_level,
+            # Envoys started side by side must not share a shared-memory region.
+            "--base-id",
+            str(os.getpid() % 60000 + self._admin_port),
+            "--disable-hot-restart",
+        ]
         # The child keeps its own descriptor of the log; ours is closed as soon as Envoy has started.
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    envoy_binary(),
-                    "--config-path",
-                    str(self.config_path),
-                    "--concurrency",
-                    str(self.concurrency),
-                    "--log-level",
-                    self.log_level,
-                    "--base-id",
-                    str(os.getpid() % 60000 + self.spec.listener.port),
-                    "--disable-hot-restart",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise EnvoyError(f"envoy exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
+                raise EnvoyError(
+                    f"{self.name} exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.admin_url}/ready", timeout=1) as response:
                     if response.status == 200:
@@ -80,7 +92,7 @@ class EnvoyProcess:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise EnvoyError(f"envoy not ready after {timeout_s}s:\n{self.log_path.read_text()[-4000:]}")
+        raise EnvoyError(f"{self.name} not ready after {timeout_s}s:\n{self.log_path.read_text()[-4000:]}")
 
     def stats(self, prefix: str = "") -> dict[str, int]:
         with urllib.request.urlopen(f"{self.admin_url}/stats?filter={prefix}", timeout=5) as response:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from identity_support import CALLER, PROXY, TRUST_DOMAIN, call, now, url_encoded, verifier
 
 from authz_server.dev.trust_domain import TrustDomainCA
@@ -34,39 +32,11 @@ def _pem(*certs: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-def _tangle(ca: TrustDomainCA, count: int) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """A leaf and `count` CA certificates that all share our CA's subject and one attacker key.
-
-    Every one of them validly signs every other, so a naive walk tries each ordering before giving up.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-
-    def make(is_ca: bool) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(ca.certificate.subject if is_ca else x509.Name([]))
-            .issuer_name(ca.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(not is_ca, False, False, False, False, is_ca, is_ca, False, False), critical=True
-            )
-        )
-        if not is_ca:
-            san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(CALLER)])
-            builder = builder.add_extension(san, critical=False)
-        return builder.sign(key, hashes.SHA256())
-
-    return make(False), [make(True) for _ in range(count)]
 
 
 def test_a_chain_of_mutually_signing_intermediates_is_refused_after_bounded_work(ca: TrustDomainCA) -> None:
     # 12 such intermediates are 12!/4! orderings at depth 8: hours of signature checks without a budget.
-    leaf, tangle = _tangle(ca, 12)
+    leaf, tangle = ca.tangled_chain(CALLER, 12)
     header = f"By={PROXY};Cert={url_encoded(_pem(leaf))};Chain={url_encoded(_pem(leaf, *tangle))}"
     failure = verifier(ca, config=XFCC_ONLY).verify(call(headers={"x-forwarded-client-cert": header}), now())
     assert _reason(failure) is IdentityReason.CHAIN_INVALID
