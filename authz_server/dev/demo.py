@@ -87,6 +87,11 @@ def _row(caller: str, method: str, path: str, reply: Reply) -> Row:
     return Row(caller, f"{method} {path}", str(reply.status), decision, reason, risk)
 
 
+def _band(row: Row) -> tuple[str, str, bool]:
+    """What a reader should notice change: the verdict, its reason, and whether risk factors were annotated."""
+    return row.verdict, row.reason, "(" in row.risk
+
+
 def _print_table(rows: list[Row], out: TextIO) -> None:
     header = Row("caller", "request", "status", "verdict", "reason", "risk (top factors)")
     widths = [max(len(getattr(r, f)) for r in [header, *rows]) for f in Row.__dataclass_fields__]
@@ -152,7 +157,7 @@ def _scripted_calls(mesh: LocalMesh, started: float, rows: list[Row], out: TextI
     for i in range(ENUMERATION_CALLS):
         path = "/v1/admin/export" if i % 6 == 3 else f"/v1/charges/ch_{5000 + i * 7}"
         enumeration.append(_row(_short(REPORTING), "GET", path, mesh.call(REPORTING, "GET", path)))
-    # Show the first probe and every change of verdict or reason of the walk, not sixty lines.
+    # Show the first probe and every change of verdict, reason or annotation of the walk, not sixty lines.
     shown: list[Row] = []
     walk: list[Row] = []
     for index, row in enumerate(enumeration):
@@ -160,7 +165,7 @@ def _scripted_calls(mesh: LocalMesh, started: float, rows: list[Row], out: TextI
         if "/admin/" in row.request:
             if not any("/admin/" in r.request for r in shown):
                 shown.append(labelled)
-        elif not walk or (row.verdict, row.reason) != (walk[-1].verdict, walk[-1].reason):
+        elif not walk or _band(row) != _band(walk[-1]):
             walk.append(row)
             shown.append(labelled)
     rows.extend(shown)
