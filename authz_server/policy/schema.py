@@ -222,12 +222,19 @@ def allowed_calls_test_schema() -> dict[str, Any]:
 
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The same schema with `additionalProperties: false` on every object that lists its properties."""
+    """The same schema with `additionalProperties: false` on every object that lists its properties (what the
+    Kubernetes API server would prune silently is refused instead), except where the schema keeps unknown fields
+    (`x-kubernetes-preserve-unknown-fields`)."""
     strict = copy.deepcopy(schema)
 
     def tighten(node: Any) -> None:
         if isinstance(node, dict):
-            if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+            if (
+                node.get("type") == "object"
+                and "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 tighten(value)

@@ -19,6 +19,8 @@ import jsonschema
 import pytest
 import yaml
 
+from authz_server.policy.schema import strict_schema
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "mesh_manifests"
 SPIFFE_DIR = ROOT / "spiffe"
@@ -150,28 +152,6 @@ def load_script(path: Path, name: str) -> ModuleType:
     return module
 
 
-def strict(schema: Any) -> Any:
-    """A CRD schema with unknown fields rejected (the API server would prune them silently), except where the
-    schema itself says unknown fields are kept."""
-    tightened = copy.deepcopy(schema)
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if (
-                node.get("type") == "object"
-                and "properties" in node
-                and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")
-            ):
-                node["additionalProperties"] = False
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(tightened)
-    return tightened
 
 
 def crd_validators(crds: list[Object]) -> dict[tuple[str, str], jsonschema.protocols.Validator]:
@@ -182,7 +162,7 @@ def crd_validators(crds: list[Object]) -> dict[tuple[str, str], jsonschema.proto
         for version in crd["spec"]["versions"]:
             if not version.get("served", True):
                 continue
-            schema = strict(version["schema"]["openAPIV3Schema"])
+            schema = strict_schema(version["schema"]["openAPIV3Schema"])
             # The API server handles these itself, whether or not the CRD's schema lists them.
             for implicit, kind_of in (("apiVersion", "string"), ("kind", "string"), ("metadata", "object")):
                 schema.setdefault("properties", {}).setdefault(implicit, {"type": kind_of})
