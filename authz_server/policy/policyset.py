@@ -223,5 +223,3 @@ class PolicySet:
             allow.on_risk_timeout,
             allow.risk_shadow,
         )
-
-

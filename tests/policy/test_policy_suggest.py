@@ -1,0 +1,421 @@
+"""`policy suggest`: from decision log lines (built by the server's own record builder) to grants and tests."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from authz_server.audit.record import HeaderFilter, build_record
+from authz_server.authorizer import StageTimings
+from authz_server.decision import decide
+from authz_server.identity.result import IdentityFailure, IdentityReason
+from authz_server.ops.logfile import MAX_LINE_CHARS, ReadStats, read_decisions, with_rotated
+from authz_server.policy import PolicySet, load_policies
+from authz_server.policy.casefile import run_tests
+from authz_server.policy.observed import Excluded, Observer, exclusion, grant_pattern
+from authz_server.policy.suggest import TESTS_FILE, suggest, unused_rules, would_deny
+from authz_server.risk.outcome import RiskAction, RiskOutcome, RiskStatus
+from tests.policy.policy_support import TD, allowed_calls, check, write
+
+PAYMENTS = f"spiffe://{TD}/ns/shop/sa/payments"
+CHECKOUT = f"spiffe://{TD}/ns/shop/sa/checkout"
+INVOICER = f"spiffe://{TD}/ns/billing/sa/invoicer"
+RECONCILER = f"spiffe://{TD}/ns/billing/sa/reconciler"
+AUDITOR = f"spiffe://{TD}/ns/billing/sa/auditor"
+PROBER = f"spiffe://{TD}/ns/web/sa/prober"
+T0 = 1_790_000_000.0
+DAY = 86400.0
+
+CATCH_ALL_DRY_RUN = allowed_calls(
+    "payments-adoption",
+    f"""
+    workload: {PAYMENTS}
+    mode: dry-run
+    rules:
+      - name: no-admin
+        action: deny
+        from: [{{prefix: "spiffe://{TD}/*"}}]
+        to: [{{methods: ["*"], paths: ["/v1/admin/**"]}}]
+      - name: reads-while-adopting
+        from: [{{prefix: "spiffe://{TD}/*"}}]
+        to: [{{methods: [GET], paths: ["/**"]}}]
+    """,
+    namespace="shop",
+)
+
+
+def _policies(tmp_path: Path, *documents: str, name: str = "current") -> tuple[Path, PolicySet]:
+    directory = tmp_path / name
+    directory.mkdir(exist_ok=True)
+    write(directory, "declarations.yaml", *documents)
+    return directory, load_policies([str(directory)])
+
+
+class LogWriter:
+    """Decision log lines as the server writes them: the real policy set, `decide` and `build_record`."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        self.policies = policies
+        self.lines: list[str] = []
+        self._n = 0
+
+    def call(
+        self,
+        caller: str,
+        method: str,
+        path: str,
+        ts: float = T0,
+        *,
+        callee: str = PAYMENTS,
+        risk: RiskOutcome | None = None,
+        identity_failure: IdentityReason | None = None,
+        times: int = 1,
+    ) -> None:
+        for _ in range(times):
+            self._n += 1
+            call, identity = check(caller, method, path, callee=callee)
+            outcome = self.policies.evaluate(call, identity, ts)
+            decision = (
+                decide(f"d-{self._n}", IdentityFailure(identity_failure, "test"), None, None)
+                if identity_failure is not None
+                else decide(f"d-{self._n}", identity, outcome, risk if outcome.allowed else None)
+            )
+            record = build_record(call, decision, StageTimings(1, 1, 1, 1, 1), ts, HeaderFilter((), ()))
+            self.lines.append(json.dumps(record))
+
+    def write(self, path: Path) -> Path:
+        path.write_text("".join(line + "\n" for line in self.lines))
+        return path
+
+
+def _observe(log: Sequence[str] | Path, current: PolicySet | None = None, **kwargs: Any) -> Any:
+    paths = [str(log)] if isinstance(log, Path) else list(log)
+    stats = ReadStats()
+    observations = Observer(current, now=T0 + 40 * DAY, **kwargs).observe_all(read_decisions(paths, stats))
+    return observations, stats
+
+
+def _suggest_files(tmp_path: Path, log: Path, current: PolicySet | None = None, **kwargs: Any) -> Path:
+    observations, _ = _observe(log, current)
+    out = tmp_path / "suggested"
+    out.mkdir(exist_ok=True)
+    taken = [d.id for d in current.declarations] if current is not None else []
+    for name, text in suggest(observations, taken=taken, now=T0, **kwargs).files.items():
+        (out / name).write_text(text)
+    return out
+
+
+def _granted(out: Path) -> dict[str, dict[str, Any]]:
+    """rule name -> the rule, over every suggested document."""
+    rules = {}
+    for file in out.glob("*.yaml"):
+        if file.name == TESTS_FILE:
+            continue
+        for doc in yaml.safe_load_all(file.read_text()):
+            for rule in doc["spec"]["rules"]:
+                rules[rule["name"]] = rule
+    return rules
+
+
+# --- folding ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "pattern"),
+    [
+        ("/v1/charges", "/v1/charges"),
+        ("/v1/charges/ch_1002", "/v1/charges/*"),
+        ("/v1/orders/1234/items", "/v1/orders/*/items"),
+        ("/v1/users/3f2a9c01-1b2c-4d5e-8f90-a1b2c3d4e5f6", "/v1/users/*"),
+        ("/v2/prices/eur", "/v2/prices/eur"),  # words and versions stay
+        ("/v1/charges/", "/v1/charges/"),
+        ("/v1/a/*", None),  # a literal * would become a wildcard
+        ("/v1/a/{id}", None),  # a literal {id} is not an id the templating found
+        ("/v1/./x", None),  # not normalised: no request could have been logged so
+        ("/" + "/".join(["s"] * 80), None),  # deeper than the templating keeps: ** would grant everything below
+    ],
+)
+def test_paths_fold_into_grant_patterns_as_the_risk_stage_folds_them(path: str, pattern: str | None) -> None:
+    assert grant_pattern(path) == pattern
+
+
+def test_ids_fold_into_one_rule_methods_stay_per_path(tmp_path: Path) -> None:
+    _, current = _policies(tmp_path, CATCH_ALL_DRY_RUN)
+    log = LogWriter(current)
+    for i in range(5):
+        log.call(CHECKOUT, "GET", f"/v1/charges/ch_{1000 + i}", T0 + i)
+    log.call(CHECKOUT, "POST", "/v1/charges", T0 + 10, times=3)
+    log.call(CHECKOUT, "GET", "/v1/charges", T0 + 11)
+    log.call(CHECKOUT, "DELETE", "/v1/charges/ch_1001", T0 + 12)
+    out = _suggest_files(tmp_path, log.write(tmp_path / "decisions.jsonl"))
+    rule = _granted(out)["from-shop-checkout"]
+    assert rule["from"] == [{"id": CHECKOUT}]
+    # GET+POST on /v1/charges, GET+DELETE on /v1/charges/*: never POST on /v1/charges/* nor DELETE on /v1/charges.
+    assert sorted((tuple(e["methods"]), tuple(e["paths"])) for e in rule["to"]) == [
+        (("DELETE", "GET"), ("/v1/charges/*",)),
+        (("GET", "POST"), ("/v1/charges",)),
+    ]
+    text = (out / "shop-payments.yaml").read_text()
+    assert "# 10 calls, first 2026-" in text
+    assert '"/v1/charges/*"  # DELETE 1, GET 5; ' in text
+    suggested = load_policies([str(out)])
+    assert not suggested.warnings
+    assert run_tests([str(out)], now=T0).ok
+
+
+# --- exclusions ------------------------------------------------------------------------------------------------
+
+
+def test_only_legitimate_calls_become_grants(tmp_path: Path) -> None:
+    directory, current = _policies(
+        tmp_path,
+        CATCH_ALL_DRY_RUN,
+        allowed_calls(
+            "grant-oncall",
+            f"""
+            workload: {PAYMENTS}
+            rules:
+              - name: grant
+                from: [{{id: {AUDITOR}}}]
+                to: [{{methods: [GET], paths: [/v1/ledger]}}]
+                expires: "2099-01-01T00:00:00Z"
+            """,
+            namespace="shop",
+        ),
+    )
+    log = LogWriter(current)
+    log.call(CHECKOUT, "GET", "/v1/charges")  # allowed (by the dry-run catch-all)
+    log.call(CHECKOUT, "POST", "/v1/charges")  # dry-run-deny, no-matching-rule: counts
+    log.call(CHECKOUT, "GET", "/v1/admin/export")  # dry-run-deny by a deny rule: never
+    log.call(PROBER, "GET", "/v1/secrets", identity_failure=IdentityReason.EXPIRED)  # no verified caller
+    denied_by_risk = RiskOutcome(RiskStatus.SCORED, 0.99, action=RiskAction.DENY)
+    log.call(INVOICER, "GET", "/v1/invoices/inv_0001", risk=denied_by_risk)  # allowed by policy, refused by risk
+    objected_in_shadow = RiskOutcome(RiskStatus.SCORED, 0.99, action=RiskAction.DENY, shadow=True)
+    log.call(RECONCILER, "GET", "/v1/invoices/inv_0002", risk=objected_in_shadow)  # went through: counts, flagged
+    log.call(AUDITOR, "GET", "/v1/ledger")  # allowed by a time-boxed grant: never a standing rule
+    # An enforced callee's default denial never went through: probing, not evidence.
+    other = f"spiffe://{TD}/ns/shop/sa/inventory"
+    enforced = load_policies(
+        [str(write(directory, "inventory.yaml", allowed_calls("inventory", f"workload: {other}\nrules: []")))]
+    )
+    LogWriter.call(log, CHECKOUT, "GET", "/v1/stock")  # payments: allowed in dry-run
+    log.policies = enforced
+    log.call(CHECKOUT, "GET", "/v1/stock", callee=other)
+    records = [json.loads(line) for line in log.lines]
+    assert [(r["verdict"], r["reason"], exclusion(r)) for r in records] == [
+        ("allow", "allowed", None),
+        ("dry-run-deny", "no-matching-rule", None),
+        ("dry-run-deny", "denied-by-rule", Excluded.DENY_RULE),
+        ("deny", "expired", Excluded.IDENTITY),
+        ("deny", "risk", Excluded.RISK),
+        ("allow", "allowed", None),
+        ("allow", "allowed", None),
+        ("allow", "allowed", None),
+        ("deny", "no-matching-rule", Excluded.DENIED),
+    ]
+    observations, _ = _observe(log.write(tmp_path / "decisions.jsonl"), current)
+    assert dict(observations.excluded) == {
+        Excluded.DENY_RULE: 1,
+        Excluded.IDENTITY: 1,
+        Excluded.RISK: 1,
+        Excluded.GRANT: 1,
+        Excluded.DENIED: 1,
+    }
+    suggestion = suggest(observations, taken=[d.id for d in current.declarations], now=T0)
+    rules = {r.name: r for d in suggestion.documents for r in d.rules}
+    assert sorted(rules) == ["from-billing-reconciler", "from-shop-checkout"]
+    checkout = {(line.pattern, m) for line, m, _ in rules["from-shop-checkout"].uses}
+    assert checkout == {("/v1/charges", "GET"), ("/v1/charges", "POST"), ("/v1/stock", "GET")}
+    text = next(t for n, t in suggestion.files.items() if n != TESTS_FILE)
+    assert "risk objected (in shadow) to 1" in text
+    assert "/v1/admin" not in text and "/v1/ledger" not in text and "/v1/secrets" not in text
+
+
+# --- grouping --------------------------------------------------------------------------------------------------
+
+
+def _billing_traffic(tmp_path: Path, *, auditor_differs: bool) -> Path:
+    _, current = _policies(tmp_path, CATCH_ALL_DRY_RUN)
+    log = LogWriter(current)
+    for caller in (INVOICER, RECONCILER, AUDITOR):
+        log.call(caller, "GET", f"/v1/invoices/inv_{abs(hash(caller)) % 10000:04d}")
+        log.call(caller, "POST", "/v1/invoices")
+    if auditor_differs:
+        log.call(AUDITOR, "GET", "/v1/ledger")
+    log.call(CHECKOUT, "POST", "/v1/charges")
+    return log.write(tmp_path / "decisions.jsonl")
+
+
+def test_group_namespace_when_every_service_account_calls_the_same_routes(tmp_path: Path) -> None:
+    out = _suggest_files(tmp_path, _billing_traffic(tmp_path, auditor_differs=False), group_namespace=True)
+    rules = _granted(out)
+    assert sorted(rules) == ["from-ns-billing", "from-shop-checkout"]
+    assert rules["from-ns-billing"]["from"] == [{"namespace": "billing"}]
+    assert "(auditor, invoicer, reconciler) called exactly these routes" in (out / "shop-payments.yaml").read_text()
+    assert run_tests([str(out)], now=T0).ok
+
+
+def test_no_grouping_unless_asked_or_when_one_account_differs(tmp_path: Path) -> None:
+    same = _billing_traffic(tmp_path, auditor_differs=False)
+    assert "from-ns-billing" not in _granted(_suggest_files(tmp_path, same))
+    differs = _billing_traffic(tmp_path, auditor_differs=True)
+    rules = _granted(_suggest_files(tmp_path, differs, group_namespace=True))
+    assert sorted(rules) == [
+        "from-billing-auditor",
+        "from-billing-invoicer",
+        "from-billing-reconciler",
+        "from-shop-checkout",
+    ]
+
+
+# --- garbled, truncated, rotated, bounded ----------------------------------------------------------------------
+
+
+def test_garbled_and_truncated_lines_are_skipped_and_counted_rotated_files_read(tmp_path: Path) -> None:
+    _, current = _policies(tmp_path, CATCH_ALL_DRY_RUN)
+    log = LogWriter(current)
+    log.call(CHECKOUT, "GET", "/v1/charges/ch_1001", T0)
+    log.call(CHECKOUT, "POST", "/v1/charges", T0 + 1)
+    log.call(INVOICER, "GET", "/v1/invoices", T0 + 2)
+    old, new, newest = log.lines
+    base = tmp_path / "decisions.jsonl"
+    with gzip.open(tmp_path / "decisions.jsonl.2.gz", "wt") as rotated:
+        rotated.write(old + "\n")
+    (tmp_path / "decisions.jsonl.1").write_text(
+        new + "\n"
+        + newest[: len(newest) // 2] + "\n"  # a pod killed mid-write
+        + "\x00\x00\x00 binary junk\n"
+        + json.dumps({"schema": 1, "decision_id": "x", "verdict": "allow", "ts": "yesterday", "request": 5}) + "\n"
+        + "x" * (MAX_LINE_CHARS + 10) + "\n"  # a line longer than any decision: skipped without being held
+    )  # fmt: skip
+    base.write_text(newest[:-7])  # the current file ends mid-line
+    assert with_rotated([str(base)]) == [
+        str(tmp_path / "decisions.jsonl.2.gz"),
+        str(tmp_path / "decisions.jsonl.1"),
+        str(base),
+    ]
+    observations, stats = _observe(with_rotated([str(base)]))
+    assert stats.decisions == 3 and stats.skipped == 4
+    assert observations.legitimate == 2 and observations.excluded == {Excluded.MALFORMED: 1}
+    assert {(c, p, m) for (_, c), e in observations.edges.items() for (p, m) in e.routes} == {
+        (CHECKOUT, "/v1/charges/*", "GET"),
+        (CHECKOUT, "/v1/charges", "POST"),
+    }
+
+
+def test_memory_is_bounded_by_distinct_routes_not_lines(tmp_path: Path) -> None:
+    _, current = _policies(tmp_path, CATCH_ALL_DRY_RUN)
+    log = LogWriter(current)
+    log.call(CHECKOUT, "GET", "/v1/charges", times=300)  # one route, many lines
+    for i in range(50):  # a caller walking names the templating cannot fold
+        log.call(PROBER, "GET", f"/v1/{'abcdefghij'[i % 10]}{'klmnopqrst'[i // 10]}")
+    observations, _ = _observe(log.write(tmp_path / "decisions.jsonl"), max_routes_per_edge=20)
+    edges = {caller: edge for (_, caller), edge in observations.edges.items()}
+    assert len(edges[CHECKOUT].routes) == 1 and edges[CHECKOUT].routes[("/v1/charges", "GET")].calls == 300
+    assert len(edges[PROBER].routes) == 20 and edges[PROBER].refused == 30
+    suggestion = suggest(observations, now=T0)
+    assert "INCOMPLETE: 30 calls to further routes were not kept" in suggestion.files["shop-payments.yaml"]
+    tight, _ = _observe(tmp_path / "decisions.jsonl", max_bytes=4000)
+    assert tight.bytes_used <= 4000 and tight.excluded[Excluded.BUDGET] > 0
+
+
+# --- against the current declarations --------------------------------------------------------------------------
+
+
+def test_comparison_with_current_declarations(tmp_path: Path) -> None:
+    current_doc = allowed_calls(
+        "payments",
+        f"""
+        workload: {PAYMENTS}
+        rules:
+          - name: checkout-charges
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [POST], paths: [/v1/charges]}}]
+          - name: old-batch-job
+            from: [{{id: {AUDITOR}}}]
+            to: [{{methods: [GET], paths: [/v1/ledger]}}]
+          - name: retired-partner
+            from: [{{namespace: partners}}]
+            to: [{{methods: [GET], paths: ["/v1/prices/*"]}}]
+        """,
+        namespace="shop",
+    )
+    _, current = _policies(tmp_path, current_doc, CATCH_ALL_DRY_RUN)
+    log = LogWriter(current)
+    log.call(AUDITOR, "GET", "/v1/ledger", T0)  # 40 days before "now": old enough to count as unused
+    log.call(CHECKOUT, "POST", "/v1/charges", T0 + 35 * DAY, times=4)  # granted today
+    log.call(CHECKOUT, "GET", "/v1/charges/ch_1001", T0 + 36 * DAY, times=2)  # would be denied today
+    observations, _ = _observe(log.write(tmp_path / "decisions.jsonl"), current)
+    assert [(w.caller, w.method, w.pattern, w.calls, w.reason) for w in would_deny(observations)] == [
+        (CHECKOUT, "GET", "/v1/charges/*", 2, "no-matching-rule")
+    ]
+    stale = unused_rules(observations, 30)
+    assert [(u.rule, u.last) for u in stale] == [("old-batch-job", T0), ("retired-partner", None)]
+    assert unused_rules(observations, 40) == [u for u in stale if u.rule == "retired-partner"]
+    suggestion = suggest(observations, taken=[d.id for d in current.declarations], now=T0)
+    (document,) = suggestion.documents
+    assert document.id == "shop/payments-suggested"  # shop/payments is taken by the current declarations
+    rules = {r.name: r for r in document.rules}
+    assert rules["from-shop-checkout"].current_denied == 2
+    assert rules["from-billing-auditor"].current_denied == 0
+    text = suggestion.files["shop-payments-suggested.yaml"]
+    assert "partly new: the current declarations deny 2 of these calls" in text
+    assert "already granted by the current declarations" in text
+    assert '"/v1/charges/*"  # GET 2; ' in text and "new: the current declarations deny 2 (no-matching-rule)" in text
+
+
+def test_tests_fail_when_the_suggestion_is_narrowed_or_widened(tmp_path: Path) -> None:
+    _, current = _policies(tmp_path, CATCH_ALL_DRY_RUN)
+    log = LogWriter(current)
+    log.call(CHECKOUT, "GET", "/v1/charges/ch_1001")
+    log.call(CHECKOUT, "POST", "/v1/charges")
+    log.call(INVOICER, "GET", "/v1/invoices")
+    out = _suggest_files(tmp_path, log.write(tmp_path / "decisions.jsonl"))
+    assert run_tests([str(out)], now=T0).ok
+    path = out / "shop-payments.yaml"
+    original = path.read_text()
+    path.write_text(original.replace('"POST"', '"PUT"'))  # narrowed by mistake: POST no longer granted
+    failed = [r.name for r in run_tests([str(out)], now=T0).results if not r.passed]
+    assert failed == ["payments: from-shop-checkout POST /v1/charges"]
+    path.write_text(original.replace('"GET"]', '"*"]'))  # widened to every method
+    assert not run_tests([str(out)], now=T0).ok
+    path.write_text(original.replace(f'id: "{CHECKOUT}"', f'prefix: "spiffe://{TD}/*"'))  # widened to every caller
+    assert not run_tests([str(out)], now=T0).ok
+
+
+def test_command_line(tmp_path: Path) -> None:
+    policies, current = _policies(tmp_path, CATCH_ALL_DRY_RUN)
+    log = LogWriter(current)
+    log.call(CHECKOUT, "GET", "/v1/charges/ch_1001", time.time() - 60)
+    log.call(CHECKOUT, "POST", "/v1/charges", time.time() - 30)
+    logfile = log.write(tmp_path / "decisions.jsonl")
+    (tmp_path / "decisions.jsonl.1").write_text(log.lines[0][:40] + "\n")
+    out = tmp_path / "review"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "authz_server", "policy", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    done = run("suggest", "--from", str(logfile), "--policies", str(policies), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 lines" in done.stdout and "policy test: 4/4 passed" in done.stdout, done.stdout
+    assert "they would deny 0 observed calls" in done.stdout
+    assert run("validate", "--strict", str(out)).returncode == 0
+    assert run("test", str(out)).returncode == 0
+    refused = run("suggest", "--from", str(logfile), "--policies", str(policies), "--out", str(policies / "new"))
+    assert refused.returncode == 2 and "inside --policies" in refused.stderr
+    missing = run("suggest", "--from", str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 2 and "cannot read decision log" in missing.stderr
+    stdout = run("suggest", "--from", str(logfile), "--json")
+    assert stdout.returncode == 0
+    assert yaml.safe_load(stdout.stdout)["spec"]["workload"] == PAYMENTS
+    assert json.loads(stdout.stderr)["observed"]["legitimate_calls"] == 2
