@@ -50,6 +50,10 @@ def _label(text: str, limit: int = 50) -> str:
     return _NOT_LABEL.sub("-", text.lower()).strip("-")[:limit].strip("-") or "x"
 
 
+def _calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
+
+
 def _q(value: str) -> str:
     """A YAML scalar: JSON's double-quoted strings are valid YAML and escape everything that needs it."""
     return json.dumps(value)
@@ -295,7 +299,7 @@ def _path_comment(line: PathLine, compared: bool) -> str:
 
 
 def _rule_comment(rule: SuggestedRule, compared: bool) -> list[str]:
-    lines = [f"{rule.calls} calls, first {_stamp(rule.first)}, last {_stamp(rule.last)}"]
+    lines = [f"{_calls(rule.calls)}, first {_stamp(rule.first)}, last {_stamp(rule.last)}"]
     if "namespace" in rule.from_entry:
         accounts = ", ".join(c.rpartition("/")[2] for c in rule.observed_callers)
         lines.append(
@@ -399,21 +403,22 @@ def _allow_cases(documents: Sequence[SuggestedDocument], limit: int) -> list[_Ca
 
 
 def _deny_candidates(documents: Sequence[SuggestedDocument]) -> list[_Case]:
-    out = []
+    """Per rule, calls beside the observed ones: an unknown caller on its first route (a widened `from` fails it)
+    and an unobserved method on its first path (a widened `methods` fails it)."""
+    out: dict[tuple[str, str, str, str], _Case] = {}
     for doc in documents:
         stranger = f"spiffe://{doc.trust_domain}/{UNOBSERVED_CALLER}"
-        line, method, use = doc.rules[0].uses[0]
-        out.append(
-            _Case(f"{doc.name}: an unobserved caller is denied", stranger, doc, method, use.sample, "deny", None,
-                  "no-matching-rule")
-        )  # fmt: skip
         for rule in doc.rules:
-            line, _, use = rule.uses[0]
+            line, method, use = rule.uses[0]
+            name = f"{doc.name}: {rule.name} {method} {line.pattern} from an unobserved caller"
+            key = (doc.id, stranger, method, use.sample)
+            out.setdefault(key, _Case(name, stranger, doc, method, use.sample, "deny", None, "no-matching-rule"))
             unseen = next((m for m in _PROBE_METHODS if m not in line.methods), None)
             if unseen is not None:
                 name = f"{doc.name}: {rule.name} {unseen} {line.pattern} was never observed"
-                out.append(_Case(name, use.caller, doc, unseen, use.sample, "deny", None, "no-matching-rule"))
-    return out
+                key = (doc.id, use.caller, unseen, use.sample)
+                out.setdefault(key, _Case(name, use.caller, doc, unseen, use.sample, "deny", None, "no-matching-rule"))
+    return list(out.values())
 
 
 def _verdict(compiled: Compiled, case: _Case, now: float) -> tuple[str, str | None]:

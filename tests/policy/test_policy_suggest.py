@@ -183,6 +183,7 @@ def test_only_legitimate_calls_become_grants(tmp_path: Path) -> None:
             "grant-oncall",
             f"""
             workload: {PAYMENTS}
+            mode: dry-run  # beside the dry-run catch-all (an enforced document would end its allow rules)
             rules:
               - name: grant
                 from: [{{id: {AUDITOR}}}]
@@ -207,7 +208,7 @@ def test_only_legitimate_calls_become_grants(tmp_path: Path) -> None:
     enforced = load_policies(
         [str(write(directory, "inventory.yaml", allowed_calls("inventory", f"workload: {other}\nrules: []")))]
     )
-    LogWriter.call(log, CHECKOUT, "GET", "/v1/stock")  # payments: allowed in dry-run
+    log.call(CHECKOUT, "GET", "/v1/stock")  # payments: allowed in dry-run
     log.policies = enforced
     log.call(CHECKOUT, "GET", "/v1/stock", callee=other)
     records = [json.loads(line) for line in log.lines]
@@ -350,7 +351,8 @@ def test_comparison_with_current_declarations(tmp_path: Path) -> None:
         namespace="shop",
     )
     _, current = _policies(tmp_path, current_doc, CATCH_ALL_DRY_RUN)
-    log = LogWriter(current)
+    _, adopting = _policies(tmp_path, CATCH_ALL_DRY_RUN, name="adopting")
+    log = LogWriter(adopting)  # the calls were logged under the dry-run catch-all alone
     log.call(AUDITOR, "GET", "/v1/ledger", T0)  # 40 days before "now": old enough to count as unused
     log.call(CHECKOUT, "POST", "/v1/charges", T0 + 35 * DAY, times=4)  # granted today
     log.call(CHECKOUT, "GET", "/v1/charges/ch_1001", T0 + 36 * DAY, times=2)  # would be denied today
@@ -359,8 +361,13 @@ def test_comparison_with_current_declarations(tmp_path: Path) -> None:
         (CHECKOUT, "GET", "/v1/charges/*", 2, "no-matching-rule")
     ]
     stale = unused_rules(observations, 30)
-    assert [(u.rule, u.last) for u in stale] == [("old-batch-job", T0), ("retired-partner", None)]
-    assert unused_rules(observations, 40) == [u for u in stale if u.rule == "retired-partner"]
+    # The catch-all's allow rule never decides beside an enforced document: unused too, rightly.
+    assert [(u.rule, u.last) for u in stale] == [
+        ("old-batch-job", T0),
+        ("retired-partner", None),
+        ("reads-while-adopting", None),
+    ]
+    assert unused_rules(observations, 40) == [u for u in stale if u.rule != "old-batch-job"]
     suggestion = suggest(observations, taken=[d.id for d in current.declarations], now=T0)
     (document,) = suggestion.documents
     assert document.id == "shop/payments-suggested"  # shop/payments is taken by the current declarations
@@ -408,7 +415,7 @@ def test_command_line(tmp_path: Path) -> None:
     done = run("suggest", "--from", str(logfile), "--policies", str(policies), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "skipped 1 lines" in done.stdout and "policy test: 4/4 passed" in done.stdout, done.stdout
-    assert "they would deny 0 observed calls" in done.stdout
+    assert "they would deny 1 observed calls on 1 routes when enforced" in done.stdout  # POST: no catch-all
     assert run("validate", "--strict", str(out)).returncode == 0
     assert run("test", str(out)).returncode == 0
     refused = run("suggest", "--from", str(logfile), "--policies", str(policies), "--out", str(policies / "new"))
