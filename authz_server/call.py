@@ -15,7 +15,6 @@ from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, ext
 
 CheckRequest = external_auth_pb2.CheckRequest
 
-
 @dataclass(frozen=True, slots=True)
 class Peer:
     """One side of the connection as Envoy saw it."""

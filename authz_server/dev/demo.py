@@ -76,10 +76,8 @@ def _short(spiffe_id: str) -> str:
 def _row(caller: str, method: str, path: str, reply: Reply) -> Row:
     if reply.status == 200:
         seen = reply.upstream_headers
-        decision, reason, risk = (
-            seen.get("x-authz-decision", "?"),
-            seen.get("x-authz-reason", ""),
-            seen.get("x-authz-risk", ""),
+        decision, reason, risk = seen.get("x-authz-decision", "?"), seen.get("x-authz-reason", ""), seen.get(
+            "x-authz-risk", ""
         )
         factors = seen.get("x-authz-risk-factors")
         if factors:
@@ -152,10 +150,8 @@ def _scripted_calls(mesh: LocalMesh, started: float, rows: list[Row], out: TextI
     foreign = "spiffe://partner.example/ns/shop/sa/checkout"
     call(mesh.write_svid(partner.issue(foreign)), _short(foreign), "POST", "/v1/charges")
 
-    out.write(
-        f"the reporting job suddenly walks through charge ids, probing an admin route now and then "
-        f"({ENUMERATION_CALLS} calls)...\n"
-    )
+    out.write(f"the reporting job suddenly walks through charge ids, probing an admin route now and then "
+              f"({ENUMERATION_CALLS} calls)...\n")
     call(REPORTING, _short(REPORTING), "GET", "/v1/charges/ch_1003")
     enumeration: list[Row] = []
     for i in range(ENUMERATION_CALLS):

@@ -223,3 +223,5 @@ class PolicySet:
             allow.on_risk_timeout,
             allow.risk_shadow,
         )
+
+

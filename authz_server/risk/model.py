@@ -118,7 +118,9 @@ def _check_signature(session: ort.InferenceSession, origin: str) -> None:
         raise ModelError(f"{origin}: expected one input named {INPUT!r}, got {[i.name for i in inputs]}")
     shape = inputs[0].shape
     if inputs[0].type != "tensor(float)" or len(shape) != 2 or shape[1] != N_FEATURES:
-        raise ModelError(f"{origin}: input {INPUT!r} must be float32 [N, {N_FEATURES}], got {inputs[0].type} {shape}")
+        raise ModelError(
+            f"{origin}: input {INPUT!r} must be float32 [N, {N_FEATURES}], got {inputs[0].type} {shape}"
+        )
     outputs = {o.name for o in session.get_outputs()}
     for name in (OUTPUT_SCORE, OUTPUT_ERRORS):
         if name not in outputs:
@@ -188,7 +190,9 @@ class AnomalyModel:
     def _probe(self) -> None:
         """Run the model on typical and extreme rows: it must give one sane score per row; measure its cost."""
         origin = self.card.origin
-        rows = np.array([[0.0] * N_FEATURES, [f.low for f in FEATURES], [f.high for f in FEATURES]], dtype=np.float32)
+        rows = np.array(
+            [[0.0] * N_FEATURES, [f.low for f in FEATURES], [f.high for f in FEATURES]], dtype=np.float32
+        )
         try:
             scores, errors = self._session.run(self._outputs, {INPUT: rows})
         except Exception as exc:

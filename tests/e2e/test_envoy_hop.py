@@ -43,6 +43,7 @@ def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield running
 
 
+
 def test_an_allowed_call_reaches_the_upstream_with_the_annotations(mesh: LocalMesh) -> None:
     reply = mesh.call(CHECKOUT, "POST", "/v1/charges?amount=3", body=b"{}")
 

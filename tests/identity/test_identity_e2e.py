@@ -55,6 +55,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
         yield running
 
 
+
 def _denied(mesh: LocalMesh, reply: Reply, status: int, reason: str, upstream_before: int) -> dict[str, Any]:
     """Assert what the caller sees of an identity denial; return the decision log line."""
     assert reply.status == status, reply.body
@@ -178,7 +179,9 @@ def test_a_client_written_xfcc_element_replaying_a_good_certificate_is_ignored(x
     forged = TrustDomainCA.create(TRUST_DOMAIN).issue(CALLER)
     before = _upstream_requests(xfcc_mesh)
 
-    reply = xfcc_mesh.call(xfcc_mesh.write_svid(forged), "GET", "/orders", headers={"x-forwarded-client-cert": claim})
+    reply = xfcc_mesh.call(
+        xfcc_mesh.write_svid(forged), "GET", "/orders", headers={"x-forwarded-client-cert": claim}
+    )
 
     logged = _denied(xfcc_mesh, reply, 401, "chain-invalid", before)
     assert logged["identity_error"]["detail"].startswith("signature does not verify")

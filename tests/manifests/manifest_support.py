@@ -152,6 +152,8 @@ def load_script(path: Path, name: str) -> ModuleType:
     return module
 
 
+
+
 def crd_validators(crds: list[Object]) -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     """(apiVersion, kind) -> strict validator of the CRD's openAPIV3Schema, for every served version."""
     validators: dict[tuple[str, str], jsonschema.protocols.Validator] = {}

@@ -49,7 +49,9 @@ def validate_object(obj: Object) -> list[str]:
 def test_every_object_of_every_kustomization_is_valid(kustomization: str) -> None:
     objects = build(kustomization)
     assert objects, f"{kustomization} rendered nothing"
-    problems = [f"{o['kind']}/{o['metadata']['name']}: {problem}" for o in objects for problem in validate_object(o)]
+    problems = [
+        f"{o['kind']}/{o['metadata']['name']}: {problem}" for o in objects for problem in validate_object(o)
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -57,7 +59,9 @@ def test_every_object_of_every_kustomization_is_valid(kustomization: str) -> Non
 def test_overlays_with_the_retraining_component_are_valid(overlay: str) -> None:
     objects = build_with_components(overlay, "components/retraining")
     find(objects, "CronJob", "authz-server-retrain")
-    problems = [f"{o['kind']}/{o['metadata']['name']}: {problem}" for o in objects for problem in validate_object(o)]
+    problems = [
+        f"{o['kind']}/{o['metadata']['name']}: {problem}" for o in objects for problem in validate_object(o)
+    ]
     assert not problems, "\n".join(problems)
 
 

@@ -143,9 +143,8 @@ def test_grant_writes_a_time_boxed_declaration(policies: Path, capsys: pytest.Ca
     expires = dt.datetime.fromisoformat(rule["expires"]).timestamp()
     assert before + 900 - 2 <= expires <= time.time() + 900
     merged = load_policies([str(policies)])
-    assert (
-        decide(merged, STRANGER, "GET", "/v1/charges/c1").document
-        == document["metadata"]["namespace"] + "/" + (document["metadata"]["name"])
+    assert decide(merged, STRANGER, "GET", "/v1/charges/c1").document == document["metadata"]["namespace"] + "/" + (
+        document["metadata"]["name"]
     )
     assert not decide(merged, STRANGER, "GET", "/v1/charges/c1", now=expires).allowed
     assert run("policy", "validate", str(policies)) == 0

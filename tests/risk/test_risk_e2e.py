@@ -55,6 +55,7 @@ def _risk(reply: Reply) -> tuple[float | None, str | None]:
     return float(headers["x-authz-risk"]), headers.get("x-authz-risk-factors")
 
 
+
 def test_an_enumerating_caller_is_annotated_then_denied_while_a_steady_one_is_not(mesh: LocalMesh) -> None:
     ready_at: float = mesh.ready_at  # type: ignore[attr-defined]
     assert time.monotonic() - ready_at < WARMUP_S - LEARN_S, "the mesh took too long to start for this test"
