@@ -50,9 +50,8 @@ WORKLOAD_KEY = "workloadKey"
 
 _METHOD = re.compile(r"[A-Z]{1,32}")
 _ENTRY_OVERHEAD = 400
-"""Bytes one stored entry costs beyond its strings (dict slot, key tuple, stats object; measured with
-tracemalloc at ~330-380 B per route entry on CPython 3.12)."""
-
+"""Bytes charged per stored entry beyond its strings' lengths. Measured with tracemalloc: 50,000 routes of
+13-character paths under 100 edges held 12.7 MB (254 B each, strings included), and were charged 21.5 MB."""
 _CACHED_PATH_LIMIT = 256
 """Only paths up to this length are memoised: 8,192 entries then hold at most ~4 MiB."""
 MAX_SAMPLE_PATH = 2048

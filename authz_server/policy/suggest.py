@@ -637,9 +637,10 @@ def report_text(suggestion: Suggestion, read: Mapping[str, Any], unused_days: fl
             out.append(f"    ... {len(denied) - limit} more (--json lists all)")
         stale = unused_rules(seen, unused_days)
         days = coverage_days(seen)
-        note = "" if days >= unused_days else f"; the logs cover only {days:.1f} days, so this is not yet conclusive"
+        note = "" if days >= unused_days else f" (the logs cover only {days:.1f} days: not conclusive yet)"
         out.append(
-            f"  allow rules that matched nothing in the last {unused_days:g} days (remove them?){note}: {len(stale)}"
+            f"  allow rules that decided no call in the last {unused_days:g} days of the logs, candidates for "
+            f"removal: {len(stale)}{note}"
         )
         for use in stale[:limit]:
             last = f"last matched {_stamp(use.last)}" if use.last is not None else "never matched in these logs"
