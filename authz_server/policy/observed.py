@@ -119,8 +119,8 @@ def _grant_pattern_cached(path: str) -> str | None:
 
 
 def _grant_pattern(path: str) -> str | None:
-    if normalize_path(path) != path:
-        return None
+    if "?" in path or "#" in path or normalize_path(path) != path:
+        return None  # the log never holds a query or fragment in `path`; a line that does is not the server's
     template, _ids = fold(path)
     template_segments = template.split("/")
     if template_segments[-1] == MORE:

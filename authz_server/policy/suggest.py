@@ -33,7 +33,10 @@ from authz_server.policy.loader import Compiled, compile_snapshot
 from authz_server.policy.observed import WORKLOAD_KEY, Callee, Edge, Observations, RouteStats, RuleUse
 from authz_server.policy.schema import ALLOWED_CALLS, ALLOWED_CALLS_TEST, GROUP_VERSION
 
-_K8S_ID = re.compile(r"spiffe://([^/]+)/ns/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/sa/([a-z0-9]([-.a-z0-9]*[a-z0-9])?)")
+_K8S_ID = re.compile(
+    r"spiffe://([^/]+)/ns/([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)/sa/([a-z0-9](?:[-.a-z0-9]*[a-z0-9])?)"
+)
+"""`spiffe://TD/ns/NAMESPACE/sa/SERVICE-ACCOUNT`, the namespace a DNS label (at most 63 characters)."""
 _NOT_LABEL = re.compile(r"[^a-z0-9]+")
 _PROBE_METHODS = ("DELETE", "PUT", "PATCH", "POST", "GET")
 """Tried in this order for a rule's must-stay-denied case: the first one the caller was not seen using."""
@@ -200,7 +203,7 @@ def _unique(name: str, taken: set[str]) -> str:
 def _caller_rule_name(caller: str) -> str:
     match = _K8S_ID.fullmatch(caller)
     if match:
-        return "from-" + _label(f"{match.group(2)}-{match.group(4)}")
+        return "from-" + _label(f"{match.group(2)}-{match.group(3)}")
     return "from-" + _label(caller.removeprefix("spiffe://").partition("/")[2] or caller.removeprefix("spiffe://"))
 
 
@@ -248,7 +251,7 @@ def _document_name(callee: Callee, taken: set[str]) -> tuple[str, str]:
     if callee[0] != WORKLOAD_KEY:
         match = _K8S_ID.fullmatch(callee[1])
         if match:
-            namespace, name = match.group(2), _label(match.group(4))
+            namespace, name = match.group(2), _label(match.group(3))
         else:
             name = _label(callee[1].removeprefix("spiffe://").replace("/", "-"))
     base = name

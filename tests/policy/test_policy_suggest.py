@@ -76,13 +76,15 @@ class LogWriter:
         ts: float = T0,
         *,
         callee: str = PAYMENTS,
+        workload_key: str | None = None,
         risk: RiskOutcome | None = None,
         identity_failure: IdentityReason | None = None,
         times: int = 1,
     ) -> None:
         for _ in range(times):
             self._n += 1
-            call, identity = check(caller, method, path, callee=callee)
+            extensions = {"workload": workload_key} if workload_key else None
+            call, identity = check(caller, method, path, callee=callee, context_extensions=extensions)
             outcome = self.policies.evaluate(call, identity, ts)
             decision = (
                 decide(f"d-{self._n}", IdentityFailure(identity_failure, "test"), None, None)
@@ -140,6 +142,7 @@ def _granted(out: Path) -> dict[str, dict[str, Any]]:
         ("/v1/charges/", "/v1/charges/"),
         ("/v1/a/*", None),  # a literal * would become a wildcard
         ("/v1/a/{id}", None),  # a literal {id} is not an id the templating found
+        ("/v1/a?b=1", None),  # the log never holds a query in the path
         ("/v1/./x", None),  # not normalised: no request could have been logged so
         ("/" + "/".join(["s"] * 80), None),  # deeper than the templating keeps: ** would grant everything below
     ],
@@ -239,6 +242,32 @@ def test_only_legitimate_calls_become_grants(tmp_path: Path) -> None:
     text = next(t for n, t in suggestion.files.items() if n != TESTS_FILE)
     assert "risk objected (in shadow) to 1" in text
     assert "/v1/admin" not in text and "/v1/ledger" not in text and "/v1/secrets" not in text
+
+
+def test_a_callee_without_a_spiffe_id_is_granted_by_workload_key(tmp_path: Path) -> None:
+    _, current = _policies(
+        tmp_path,
+        allowed_calls(
+            "legacy",
+            f"""
+            workloadKey: legacy-inventory
+            mode: dry-run
+            rules:
+              - name: reads
+                from: [{{prefix: "spiffe://{TD}/*"}}]
+                to: [{{methods: [GET], paths: ["/**"]}}]
+            """,
+        ),
+    )
+    log = LogWriter(current)
+    log.call(CHECKOUT, "GET", "/stock/sku-00042", callee="", workload_key="legacy-inventory")
+    log.call(CHECKOUT, "POST", "/reservations", callee="", workload_key="legacy-inventory")
+    out = _suggest_files(tmp_path, log.write(tmp_path / "decisions.jsonl"), current)
+    (document,) = yaml.safe_load_all((out / "default-legacy-inventory.yaml").read_text())
+    assert document["metadata"] == {"name": "legacy-inventory", "namespace": "default"}
+    assert document["spec"]["workloadKey"] == "legacy-inventory"
+    assert [e["paths"] for e in document["spec"]["rules"][0]["to"]] == [["/stock/*"], ["/reservations"]]
+    assert run_tests([str(out)], now=T0).ok
 
 
 # --- grouping --------------------------------------------------------------------------------------------------
