@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +22,7 @@ from authz_server.policy.casefile import run_tests
 from authz_server.policy.observed import Excluded, Observer, exclusion, grant_pattern
 from authz_server.policy.suggest import TESTS_FILE, suggest, unused_rules, would_deny
 from authz_server.risk.outcome import RiskAction, RiskOutcome, RiskStatus
-from tests.policy.policy_support import TD, allowed_calls, check, write
+from tests.policy.policy_support import TD, allowed_calls, check, cli, write
 
 PAYMENTS = f"spiffe://{TD}/ns/shop/sa/payments"
 CHECKOUT = f"spiffe://{TD}/ns/shop/sa/checkout"
@@ -437,21 +435,19 @@ def test_command_line(tmp_path: Path) -> None:
     (tmp_path / "decisions.jsonl.1").write_text(log.lines[0][:40] + "\n")
     out = tmp_path / "review"
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "authz_server", "policy", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-
-    done = run("suggest", "--from", str(logfile), "--policies", str(policies), "--out", str(out))
+    done = cli("policy", "suggest", "--from", str(logfile), "--policies", str(policies), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "skipped 1 lines" in done.stdout and "policy test: 4/4 passed" in done.stdout, done.stdout
     assert "they would deny 1 observed calls on 1 routes when enforced" in done.stdout  # POST: no catch-all
-    assert run("validate", "--strict", str(out)).returncode == 0
-    assert run("test", str(out)).returncode == 0
-    refused = run("suggest", "--from", str(logfile), "--policies", str(policies), "--out", str(policies / "new"))
+    assert cli("policy", "validate", "--strict", str(out)).returncode == 0
+    assert cli("policy", "test", str(out)).returncode == 0
+    refused = cli(
+        "policy", "suggest", "--from", str(logfile), "--policies", str(policies), "--out", str(policies / "new")
+    )
     assert refused.returncode == 2 and "inside --policies" in refused.stderr
-    missing = run("suggest", "--from", str(tmp_path / "nope.jsonl"))
+    missing = cli("policy", "suggest", "--from", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2 and "cannot read decision log" in missing.stderr
-    stdout = run("suggest", "--from", str(logfile), "--json")
+    stdout = cli("policy", "suggest", "--from", str(logfile), "--json")
     assert stdout.returncode == 0
     assert yaml.safe_load(stdout.stdout)["spec"]["workload"] == PAYMENTS
     assert json.loads(stdout.stderr)["observed"]["legitimate_calls"] == 2

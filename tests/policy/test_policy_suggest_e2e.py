@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ import yaml
 from authz_server.dev.mesh import TRUST_DOMAIN, LocalMesh, Reply
 from authz_server.dev.trust_domain import TrustDomainCA
 from authz_server.policy import load_policies
+from tests.policy.policy_support import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -84,11 +83,6 @@ OUTSIDE = [
 ]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "authz_server", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     with LocalMesh(
@@ -123,7 +117,7 @@ def test_dry_run_traffic_to_suggestion_to_enforcement(mesh: LocalMesh, tmp_path:
 
     # 2. Suggest, into a review directory, compared with what the server loads today.
     review = tmp_path / "review"
-    done = _cli("policy", "suggest", "--from", str(mesh.decision_log), "--policies", str(mesh.policy_dir),
+    done = cli("policy", "suggest", "--from", str(mesh.decision_log), "--policies", str(mesh.policy_dir),
                 "--out", str(review))  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "not counted: denied-by-rule 1, identity-failed 1, quarantined 1" in done.stdout, done.stdout
@@ -150,8 +144,8 @@ def test_dry_run_traffic_to_suggestion_to_enforcement(mesh: LocalMesh, tmp_path:
             },
         ],
     }
-    assert _cli("policy", "validate", "--strict", str(review)).returncode == 0
-    tested = _cli("policy", "test", str(review))
+    assert cli("policy", "validate", "--strict", str(review)).returncode == 0
+    tested = cli("policy", "test", str(review))
     assert tested.returncode == 0, tested.stdout
 
     # 3. Before enforcing: replay the log under the candidate set. No call the mesh made turns into a denial;
@@ -160,7 +154,7 @@ def test_dry_run_traffic_to_suggestion_to_enforcement(mesh: LocalMesh, tmp_path:
     candidate.mkdir()
     (candidate / "payments.yaml").write_text((review / "shop-payments.yaml").read_text())
     (candidate / "quarantine.yaml").write_text(QUARANTINE)
-    replayed = _cli("replay", "--log", str(mesh.decision_log), "--policies", str(candidate), "--json")
+    replayed = cli("replay", "--log", str(mesh.decision_log), "--policies", str(candidate), "--json")
     assert replayed.returncode == 0, replayed.stderr
     report = json.loads(replayed.stdout)
     assert report["transitions"] == {"dry-run-deny -> allow": 3, "dry-run-deny -> deny": 1}
