@@ -19,6 +19,8 @@ from authz_server.identity.result import IdentityFailure, IdentityReason
 from authz_server.ops.logfile import MAX_LINE_CHARS, ReadStats, read_decisions, with_rotated
 from authz_server.policy import PolicySet, load_policies
 from authz_server.policy.casefile import run_tests
+from authz_server.policy.documents import FileSnapshot
+from authz_server.policy.loader import compile_snapshot
 from authz_server.policy.observed import Excluded, Observer, exclusion, grant_pattern
 from authz_server.policy.suggest import TESTS_FILE, suggest, unused_rules, would_deny
 from authz_server.risk.outcome import RiskAction, RiskOutcome, RiskStatus
@@ -451,3 +453,27 @@ def test_command_line(tmp_path: Path) -> None:
     assert stdout.returncode == 0
     assert yaml.safe_load(stdout.stdout)["spec"]["workload"] == PAYMENTS
     assert json.loads(stdout.stderr)["observed"]["legitimate_calls"] == 2
+
+
+def test_a_rotated_file_cut_short_keeps_what_was_read(tmp_path: Path) -> None:
+    _, current = _policies(tmp_path, CATCH_ALL_DRY_RUN)
+    log = LogWriter(current)
+    for i in range(200):
+        log.call(CHECKOUT, "GET", f"/v1/charges/ch_{1000 + i}", T0 + i)
+    whole = gzip.compress("".join(line + "\n" for line in log.lines).encode())
+    (tmp_path / "decisions.jsonl.1.gz").write_bytes(whole[: len(whole) // 2])  # the shipper died mid-write
+    observations, stats = _observe(with_rotated([str(tmp_path / "decisions.jsonl.1.gz")]))
+    assert 0 < stats.decisions < 200 and stats.skipped == 1
+    assert "compressed file ends early" in stats.problems[-1]
+    assert observations.legitimate == stats.decisions
+
+
+def test_the_documents_in_the_adoption_guide_validate() -> None:
+    guide = (Path(__file__).parents[2] / "authz_server" / "policy" / "README.md").read_text()
+    section = guide.split("## From a running mesh to default deny", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```yaml\n")[1:]
+    assert len(blocks) == 2  # the dry-run catch-all and the demo's suggestion
+    for block in blocks:
+        text = block.split("```", 1)[0]
+        compiled = compile_snapshot(FileSnapshot((("README.md", text.encode()),), ()))
+        assert compiled.policy_set is not None and not compiled.problems, compiled.problems
