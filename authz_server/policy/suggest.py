@@ -171,6 +171,8 @@ class Suggestion:
     """File name -> YAML text: the documents and the test file."""
     cases: int = 0
     routes_tested: int = 0
+    warnings: list[str] = field(default_factory=list)
+    """What `policy validate` warns about in the suggestion (none expected; reported, never hidden)."""
 
 
 # --- from observations to rules ------------------------------------------------------------------------------
@@ -497,8 +499,9 @@ def suggest(
     compiled = compile_snapshot(
         FileSnapshot(tuple((name, text.encode()) for name, text in suggestion.files.items()), ()), now
     )
-    if compiled.policy_set is None or compiled.problems:
-        raise SuggestionError("; ".join(str(p) for p in compiled.problems) or "the suggestion does not compile")
+    if compiled.policy_set is None:
+        raise SuggestionError("; ".join(str(p) for p in compiled.errors) or "the suggestion does not compile")
+    suggestion.warnings = [str(p) for p in compiled.problems]
     cases = []
     for case in _allow_cases(documents, max_cases):
         if _verdict(compiled, case, now) != ("allow", case.rule):
@@ -585,6 +588,7 @@ def report_json(suggestion: Suggestion, read: Mapping[str, Any], unused_days: fl
             for d in suggestion.documents
         ],
         "test_cases": suggestion.cases,
+        "warnings": suggestion.warnings,
     }
     if suggestion.compared:
         out["current"] = {
@@ -621,7 +625,12 @@ def report_text(suggestion: Suggestion, read: Mapping[str, Any], unused_days: fl
     if seen.excluded:
         out.append("not counted: " + ", ".join(f"{k} {v}" for k, v in sorted(seen.excluded.items())))
     rules = sum(len(d.rules) for d in suggestion.documents)
-    out.append(f"suggested {len(suggestion.documents)} documents, {rules} rules; {suggestion.cases} test cases")
+    uses = sum(len(r.uses) for d in suggestion.documents for r in d.rules)
+    out.append(
+        f"suggested {len(suggestion.documents)} documents, {rules} rules; {suggestion.cases} test cases "
+        f"(covering {suggestion.routes_tested} of {uses} granted method/route pairs)"
+    )
+    out.extend(f"  warning: {w}" for w in suggestion.warnings)
     for doc in suggestion.documents:
         out.append(f"  {doc.file_name}: {doc.callee[1]}")
         for rule in doc.rules:
