@@ -57,6 +57,7 @@ _CACHED_PATH_LIMIT = 256
 MAX_SAMPLE_PATH = 2048
 """A longer observed path is not kept as the route's sample; the test case calls the pattern with ids filled in."""
 
+_YEAR_5000 = 95_617_584_000
 DEFAULT_MAX_BYTES = 256 << 20
 DEFAULT_MAX_ROUTES_PER_EDGE = 1000
 
@@ -249,7 +250,11 @@ class Observer:
     def observe(self, record: Mapping[str, Any]) -> None:
         ts = record.get("ts")
         request = record.get("request")
-        if not isinstance(ts, int | float) or isinstance(ts, bool) or not isinstance(request, Mapping):
+        # Python's json reads NaN and Infinity; neither is a time (and neither formats as one).
+        if not isinstance(ts, int | float) or isinstance(ts, bool) or not 0 <= ts < _YEAR_5000:
+            self._exclude(Excluded.MALFORMED, record)
+            return
+        if not isinstance(request, Mapping):
             self._exclude(Excluded.MALFORMED, record)
             return
         method, path = request.get("method"), request.get("path")

@@ -298,7 +298,7 @@ def _path_comment(line: PathLine, compared: bool) -> str:
     if compared:
         denied = sum(u.current_denied for u in uses)
         if denied:
-            reason = next(u.current_reason for u in uses if u.current_reason)
+            reason = next((u.current_reason for u in uses if u.current_reason), "")
             notes.append(f"new: the current declarations deny {denied} ({reason})")
     return "; ".join(notes)
 

@@ -325,6 +325,7 @@ def test_garbled_and_truncated_lines_are_skipped_and_counted_rotated_files_read(
         + newest[: len(newest) // 2] + "\n"  # a pod killed mid-write
         + "\x00\x00\x00 binary junk\n"
         + json.dumps({"schema": 1, "decision_id": "x", "verdict": "allow", "ts": "yesterday", "request": 5}) + "\n"
+        + json.dumps({**json.loads(new), "ts": float("nan")}) + "\n"  # Python's json reads (and writes) NaN
         + "x" * (MAX_LINE_CHARS + 10) + "\n"  # a line longer than any decision: skipped without being held
     )  # fmt: skip
     base.write_text(newest[:-7])  # the current file ends mid-line
@@ -334,8 +335,8 @@ def test_garbled_and_truncated_lines_are_skipped_and_counted_rotated_files_read(
         str(base),
     ]
     observations, stats = _observe(with_rotated([str(base)]))
-    assert stats.decisions == 3 and stats.skipped == 4
-    assert observations.legitimate == 2 and observations.excluded == {Excluded.MALFORMED: 1}
+    assert stats.decisions == 4 and stats.skipped == 4
+    assert observations.legitimate == 2 and observations.excluded == {Excluded.MALFORMED: 2}
     assert {(c, p, m) for (_, c), e in observations.edges.items() for (p, m) in e.routes} == {
         (CHECKOUT, "/v1/charges/*", "GET"),
         (CHECKOUT, "/v1/charges", "POST"),
