@@ -207,6 +207,16 @@ class Observations:
     """One example per exclusion reason, for the report."""
 
 
+def _well_formed(record: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
+    """The fields read here have the types the server writes (the same with or without `--policies`)."""
+    return (
+        isinstance(request.get("method"), str)
+        and isinstance(request.get("path"), str)
+        and all(isinstance(request.get(k) or {}, Mapping) for k in ("headers", "context_extensions"))
+        and all(isinstance(record.get(k) or {}, Mapping) for k in ("source", "peer", "policy", "risk"))
+    )
+
+
 class Observer:
     """Folds decision log records into Observations, one record at a time."""
 
@@ -254,13 +264,10 @@ class Observer:
         if not isinstance(ts, int | float) or isinstance(ts, bool) or not 0 <= ts < _YEAR_5000:
             self._exclude(Excluded.MALFORMED, record)
             return
-        if not isinstance(request, Mapping):
+        if not isinstance(request, Mapping) or not _well_formed(record, request):
             self._exclude(Excluded.MALFORMED, record)
             return
-        method, path = request.get("method"), request.get("path")
-        if not isinstance(method, str) or not isinstance(path, str):
-            self._exclude(Excluded.MALFORMED, record)
-            return
+        method, path = request["method"], request["path"]
         ts = float(ts)
         seen = self.seen
         seen.first = ts if seen.first is None else min(seen.first, ts)

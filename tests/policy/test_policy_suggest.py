@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ from authz_server.policy.casefile import run_tests
 from authz_server.policy.documents import FileSnapshot
 from authz_server.policy.loader import compile_snapshot
 from authz_server.policy.observed import Excluded, Observer, exclusion, grant_pattern
-from authz_server.policy.suggest import TESTS_FILE, suggest, unused_rules, would_deny
+from authz_server.policy.suggest import TESTS_FILE, report_text, suggest, unused_rules, would_deny
 from authz_server.risk.outcome import RiskAction, RiskOutcome, RiskStatus
 from tests.policy.policy_support import TD, allowed_calls, check, cli, write
 
@@ -478,3 +480,42 @@ def test_the_documents_in_the_adoption_guide_validate() -> None:
         text = block.split("```", 1)[0]
         compiled = compile_snapshot(FileSnapshot((("README.md", text.encode()),), ()))
         assert compiled.policy_set is not None and not compiled.problems, compiled.problems
+
+
+def _field_paths(record: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in record.items():
+        out.append((*prefix, key))
+        if isinstance(value, dict):
+            out.extend(_field_paths(value, (*prefix, key)))
+    return out
+
+
+def test_lines_with_wrong_field_types_are_counted_never_crash_and_never_depend_on_policies(tmp_path: Path) -> None:
+    _, current = _policies(tmp_path, CATCH_ALL_DRY_RUN)
+    log = LogWriter(current)
+    log.call(CHECKOUT, "GET", "/v1/charges/ch_1001")
+    log.call(CHECKOUT, "POST", "/v1/charges")
+    log.call(PROBER, "GET", "/v1/x", identity_failure=IdentityReason.EXPIRED)
+    odd_values: list[Any] = [None, -1, 1e300, float("nan"), "", "spiffe://", [], {}, [1], {"a": 1}, True, "/a/*", "get"]
+    rng = random.Random(15)
+    records = []
+    for _ in range(3000):
+        record = json.loads(rng.choice(log.lines))
+        for _ in range(rng.randint(1, 3)):
+            *parents, key = rng.choice(_field_paths(record))
+            target = record
+            for parent in parents:
+                target = target[parent]
+            target[key] = copy.deepcopy(rng.choice(odd_values))
+        records.append(record)
+    without = Observer(None, now=T0).observe_all(records)
+    compared = Observer(current, now=T0).observe_all(records)
+    assert without.excluded == compared.excluded and without.legitimate == compared.legitimate
+    assert without.excluded[Excluded.MALFORMED] > 0 and without.legitimate > 0
+    for observations in (without, compared):
+        suggestion = suggest(observations, taken=["shop/payments-adoption"], now=T0)
+        assert compile_snapshot(
+            FileSnapshot(tuple((n, t.encode()) for n, t in suggestion.files.items()), ())
+        ).policy_set
+        report_text(suggestion, {"decisions": len(records), "skipped": 0}, 30)
