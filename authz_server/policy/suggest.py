@@ -10,7 +10,7 @@ two service accounts of a namespace were seen and every one of them called the
 same routes, they share one `namespace:` rule (which also admits service
 accounts of that namespace not seen yet: that is the point of asking for it).
 
-Beside the documents goes an AllowedCallsTest: for each rule, observed calls
+Each document is followed, in the same file, by an AllowedCallsTest: for each rule, observed calls
 that must stay allowed (narrowing the rule by mistake fails it) and calls next
 to them that must stay denied (an unobserved method, an unknown caller), each
 checked against the suggestion before it is written.
@@ -40,7 +40,6 @@ _K8S_ID = re.compile(
 _NOT_LABEL = re.compile(r"[^a-z0-9]+")
 _PROBE_METHODS = ("DELETE", "PUT", "PATCH", "POST", "GET")
 """Tried in this order for a rule's must-stay-denied case: the first one the caller was not seen using."""
-TESTS_FILE = "suggested-tests.yaml"
 DEFAULT_MAX_CASES = 200
 UNOBSERVED_CALLER = "ns/authz-suggest-unobserved/sa/unobserved"
 
@@ -53,8 +52,12 @@ def _label(text: str, limit: int = 50) -> str:
     return _NOT_LABEL.sub("-", text.lower()).strip("-")[:limit].strip("-") or "x"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _calls(n: int) -> str:
-    return f"{n} call" if n == 1 else f"{n} calls"
+    return _count(n, "call")
 
 
 def _q(value: str) -> str:
@@ -168,7 +171,7 @@ class Suggestion:
     compared: bool
     """Whether the observations were checked against current declarations."""
     files: dict[str, str] = field(default_factory=dict)
-    """File name -> YAML text: the documents and the test file."""
+    """File name -> YAML text: per callee its AllowedCalls and the AllowedCallsTest of it."""
     cases: int = 0
     routes_tested: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -384,7 +387,7 @@ def _allow_cases(documents: Sequence[SuggestedDocument], limit: int) -> list[_Ca
     queues = [
         [
             _Case(
-                f"{doc.name}: {rule.name} {method} {line.pattern}",
+                f"{rule.name} {method} {line.pattern}",
                 use.caller,
                 doc,
                 method,
@@ -415,12 +418,12 @@ def _deny_candidates(documents: Sequence[SuggestedDocument]) -> list[_Case]:
         stranger = f"spiffe://{doc.trust_domain}/{UNOBSERVED_CALLER}"
         for rule in doc.rules:
             line, method, use = rule.uses[0]
-            name = f"{doc.name}: {rule.name} {method} {line.pattern} from an unobserved caller"
+            name = f"{rule.name} {method} {line.pattern} from an unobserved caller"
             key = (doc.id, stranger, method, use.sample)
             out.setdefault(key, _Case(name, stranger, doc, method, use.sample, "deny", None, "no-matching-rule"))
             unseen = next((m for m in _PROBE_METHODS if m not in line.methods), None)
             if unseen is not None:
-                name = f"{doc.name}: {rule.name} {unseen} {line.pattern} was never observed"
+                name = f"{rule.name} {unseen} {line.pattern} was never observed"
                 key = (doc.id, use.caller, unseen, use.sample)
                 out.setdefault(key, _Case(name, use.caller, doc, unseen, use.sample, "deny", None, "no-matching-rule"))
     return list(out.values())
@@ -444,26 +447,25 @@ def _verdict(compiled: Compiled, case: _Case, now: float) -> tuple[str, str | No
     return ("allow" if outcome.allowed else "deny"), outcome.rule
 
 
-def _render_tests(cases: Sequence[_Case], files: Sequence[str]) -> str:
+def _render_tests(document: SuggestedDocument, cases: Sequence[_Case]) -> str:
+    callee_key = "workloadKey" if document.callee[0] == WORKLOAD_KEY else "to"
     out = [
-        "# Written by `authz-server policy suggest` from observed calls: `authz-server policy test` passes on it,",
-        "# and fails if a rule is narrowed below what was observed or widened to an unobserved method or caller.",
+        "# Cases from the observed calls, written by `authz-server policy suggest` beside the declaration they test",
+        "# (only this file, wherever it is moved): `policy test` passes on it, and fails if a rule is narrowed below",
+        "# what was observed or widened to an unobserved method or to any caller.",
         f"apiVersion: {GROUP_VERSION}",
         f"kind: {ALLOWED_CALLS_TEST}",
         "metadata:",
-        "  name: suggested-tests",
-        "  namespace: default",
+        f"  name: {document.name[:57]}-tests",
+        f"  namespace: {document.namespace}",
         "spec:",
-        "  policies:",
-        *(f"    - {_q(name)}" for name in files),
+        f"  policies: [{_q(document.file_name)}]",
         "  cases:",
     ]
     for case in cases:
         out.append(f"    - name: {_q(case.name)}")
         out.append(f"      from: {_q(case.caller)}")
-        out.append(
-            f"      {'workloadKey' if case.document.callee[0] == WORKLOAD_KEY else 'to'}: {_q(case.document.callee[1])}"
-        )
+        out.append(f"      {callee_key}: {_q(document.callee[1])}")
         out.append(f"      method: {case.method}")
         out.append(f"      path: {_q(case.path)}")
         out.append(f"      expect: {case.expect}")
@@ -511,7 +513,11 @@ def suggest(
     cases.extend(c for c in _deny_candidates(documents) if _verdict(compiled, c, now)[0] == "deny")
     suggestion.cases = len(cases)
     suggestion.routes_tested = sum(1 for c in cases if c.expect == "allow")
-    suggestion.files[TESTS_FILE] = _render_tests(cases, [d.file_name for d in documents])
+    # One self-contained file per callee: enforcing callee by callee moves one file, its tests with it.
+    for doc in documents:
+        mine = [c for c in cases if c.document is doc]
+        if mine:
+            suggestion.files[doc.file_name] += "---\n" + _render_tests(doc, mine)
     return suggestion
 
 
@@ -627,7 +633,8 @@ def report_text(suggestion: Suggestion, read: Mapping[str, Any], unused_days: fl
     rules = sum(len(d.rules) for d in suggestion.documents)
     uses = sum(len(r.uses) for d in suggestion.documents for r in d.rules)
     out.append(
-        f"suggested {len(suggestion.documents)} documents, {rules} rules; {suggestion.cases} test cases "
+        f"suggested {_count(len(suggestion.documents), 'document')}, {_count(rules, 'rule')}; "
+        f"{_count(suggestion.cases, 'test case')} "
         f"(covering {suggestion.routes_tested} of {uses} granted method/route pairs)"
     )
     out.extend(f"  warning: {w}" for w in suggestion.warnings)

@@ -24,7 +24,6 @@ from authz_server.policy.observed import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROUTES_P
 from authz_server.policy.policyset import PolicySet
 from authz_server.policy.suggest import (
     DEFAULT_MAX_CASES,
-    TESTS_FILE,
     SuggestionError,
     report_json,
     report_text,
@@ -98,14 +97,14 @@ def _run(args: argparse.Namespace) -> int:
         for name, text in suggestion.files.items():
             (out / name).write_text(text)
         # The files as written, through `policy test` itself: what a reviewer will run.
-        run = run_tests([str(out / TESTS_FILE)], now)
+        run = run_tests([str(out / name) for name in suggestion.files], now)
         passed = sum(r.passed for r in run.results)
         sys.stdout.write(report)
         sys.stdout.write(
-            f"wrote {len(suggestion.files)} files to {out}; policy test: {passed}/{len(run.results)} passed\n"
+            f"wrote {len(suggestion.files)} file(s) to {out}; policy test: {passed}/{len(run.results)} passed\n"
         )
         return 0 if run.ok else _fail("the written suggestion fails its own tests", 1)
-    sys.stdout.write("---\n".join(text for name, text in suggestion.files.items() if name != TESTS_FILE))
+    sys.stdout.write("---\n".join(suggestion.files.values()))
     sys.stderr.write(report)
     return 0
 

@@ -24,7 +24,7 @@ from authz_server.policy.casefile import run_tests
 from authz_server.policy.documents import FileSnapshot
 from authz_server.policy.loader import compile_snapshot
 from authz_server.policy.observed import Excluded, Observer, exclusion, grant_pattern
-from authz_server.policy.suggest import TESTS_FILE, report_text, suggest, unused_rules, would_deny
+from authz_server.policy.suggest import report_text, suggest, unused_rules, would_deny
 from authz_server.risk.outcome import RiskAction, RiskOutcome, RiskStatus
 from tests.policy.policy_support import TD, allowed_calls, check, cli, write
 
@@ -122,10 +122,8 @@ def _granted(out: Path) -> dict[str, dict[str, Any]]:
     """rule name -> the rule, over every suggested document."""
     rules = {}
     for file in out.glob("*.yaml"):
-        if file.name == TESTS_FILE:
-            continue
         for doc in yaml.safe_load_all(file.read_text()):
-            for rule in doc["spec"]["rules"]:
+            for rule in doc["spec"]["rules"] if doc["kind"] == "AllowedCalls" else []:
                 rules[rule["name"]] = rule
     return rules
 
@@ -241,7 +239,7 @@ def test_only_legitimate_calls_become_grants(tmp_path: Path) -> None:
     assert sorted(rules) == ["from-billing-reconciler", "from-shop-checkout"]
     checkout = {(line.pattern, m) for line, m, _ in rules["from-shop-checkout"].uses}
     assert checkout == {("/v1/charges", "GET"), ("/v1/charges", "POST"), ("/v1/stock", "GET")}
-    text = next(t for n, t in suggestion.files.items() if n != TESTS_FILE)
+    (text,) = suggestion.files.values()
     assert "risk objected (in shadow) to 1" in text
     assert "/v1/admin" not in text and "/v1/ledger" not in text and "/v1/secrets" not in text
 
@@ -265,7 +263,8 @@ def test_a_callee_without_a_spiffe_id_is_granted_by_workload_key(tmp_path: Path)
     log.call(CHECKOUT, "GET", "/stock/sku-00042", callee="", workload_key="legacy-inventory")
     log.call(CHECKOUT, "POST", "/reservations", callee="", workload_key="legacy-inventory")
     out = _suggest_files(tmp_path, log.write(tmp_path / "decisions.jsonl"), current)
-    (document,) = yaml.safe_load_all((out / "default-legacy-inventory.yaml").read_text())
+    document, tests = yaml.safe_load_all((out / "default-legacy-inventory.yaml").read_text())
+    assert tests["kind"] == "AllowedCallsTest" and tests["spec"]["cases"][0]["workloadKey"] == "legacy-inventory"
     assert document["metadata"] == {"name": "legacy-inventory", "namespace": "default"}
     assert document["spec"]["workloadKey"] == "legacy-inventory"
     assert [e["paths"] for e in document["spec"]["rules"][0]["to"]] == [["/stock/*"], ["/reservations"]]
@@ -424,7 +423,7 @@ def test_tests_fail_when_the_suggestion_is_narrowed_or_widened(tmp_path: Path) -
     original = path.read_text()
     path.write_text(original.replace('"POST"', '"PUT"'))  # narrowed by mistake: POST no longer granted
     failed = [r.name for r in run_tests([str(out)], now=T0).results if not r.passed]
-    assert failed == ["payments: from-shop-checkout POST /v1/charges"]
+    assert failed == ["from-shop-checkout POST /v1/charges"]
     path.write_text(original.replace('"GET"]', '"*"]'))  # widened to every method
     assert not run_tests([str(out)], now=T0).ok
     path.write_text(original.replace(f'id: "{CHECKOUT}"', f'prefix: "spiffe://{TD}/*"'))  # widened to every caller
@@ -454,7 +453,7 @@ def test_command_line(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "cannot read decision log" in missing.stderr
     stdout = cli("policy", "suggest", "--from", str(logfile), "--json")
     assert stdout.returncode == 0
-    assert yaml.safe_load(stdout.stdout)["spec"]["workload"] == PAYMENTS
+    assert next(yaml.safe_load_all(stdout.stdout))["spec"]["workload"] == PAYMENTS
     assert json.loads(stdout.stderr)["observed"]["legitimate_calls"] == 2
 
 

@@ -121,7 +121,8 @@ def test_dry_run_traffic_to_suggestion_to_enforcement(mesh: LocalMesh, tmp_path:
                 "--out", str(review))  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "not counted: denied-by-rule 1, identity-failed 1, quarantined 1" in done.stdout, done.stdout
-    (document,) = [d for d in yaml.safe_load_all((review / "shop-payments.yaml").read_text())]
+    document, tests = yaml.safe_load_all((review / "shop-payments.yaml").read_text())
+    assert tests["kind"] == "AllowedCallsTest" and tests["spec"]["policies"] == ["shop-payments.yaml"]
     assert document["spec"] == {
         "workload": CALLEE,
         "mode": "enforce",
