@@ -151,7 +151,7 @@ class SuggestedDocument:
 
     @property
     def file_name(self) -> str:
-        return f"{self.namespace}-{self.name}.yaml"
+        return f"{self.namespace}.{self.name}.yaml"  # DNS labels hold no dot: one file per document
 
     @property
     def id(self) -> str:

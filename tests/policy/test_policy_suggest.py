@@ -167,7 +167,7 @@ def test_ids_fold_into_one_rule_methods_stay_per_path(tmp_path: Path) -> None:
         (("DELETE", "GET"), ("/v1/charges/*",)),
         (("GET", "POST"), ("/v1/charges",)),
     ]
-    text = (out / "shop-payments.yaml").read_text()
+    text = (out / "shop.payments.yaml").read_text()
     assert "# 10 calls, first 2026-" in text
     assert '"/v1/charges/*"  # DELETE 1, GET 5; ' in text
     suggested = load_policies([str(out)])
@@ -263,7 +263,7 @@ def test_a_callee_without_a_spiffe_id_is_granted_by_workload_key(tmp_path: Path)
     log.call(CHECKOUT, "GET", "/stock/sku-00042", callee="", workload_key="legacy-inventory")
     log.call(CHECKOUT, "POST", "/reservations", callee="", workload_key="legacy-inventory")
     out = _suggest_files(tmp_path, log.write(tmp_path / "decisions.jsonl"), current)
-    document, tests = yaml.safe_load_all((out / "default-legacy-inventory.yaml").read_text())
+    document, tests = yaml.safe_load_all((out / "default.legacy-inventory.yaml").read_text())
     assert tests["kind"] == "AllowedCallsTest" and tests["spec"]["cases"][0]["workloadKey"] == "legacy-inventory"
     assert document["metadata"] == {"name": "legacy-inventory", "namespace": "default"}
     assert document["spec"]["workloadKey"] == "legacy-inventory"
@@ -291,7 +291,7 @@ def test_group_namespace_when_every_service_account_calls_the_same_routes(tmp_pa
     rules = _granted(out)
     assert sorted(rules) == ["from-ns-billing", "from-shop-checkout"]
     assert rules["from-ns-billing"]["from"] == [{"namespace": "billing"}]
-    assert "(auditor, invoicer, reconciler) called exactly these routes" in (out / "shop-payments.yaml").read_text()
+    assert "(auditor, invoicer, reconciler) called exactly these routes" in (out / "shop.payments.yaml").read_text()
     assert run_tests([str(out)], now=T0).ok
 
 
@@ -355,7 +355,7 @@ def test_memory_is_bounded_by_distinct_routes_not_lines(tmp_path: Path) -> None:
     assert len(edges[CHECKOUT].routes) == 1 and edges[CHECKOUT].routes[("/v1/charges", "GET")].calls == 300
     assert len(edges[PROBER].routes) == 20 and edges[PROBER].refused == 30
     suggestion = suggest(observations, now=T0)
-    assert "INCOMPLETE: 30 calls to further routes were not kept" in suggestion.files["shop-payments.yaml"]
+    assert "INCOMPLETE: 30 calls to further routes were not kept" in suggestion.files["shop.payments.yaml"]
     tight, _ = _observe(tmp_path / "decisions.jsonl", max_bytes=4000)
     assert tight.bytes_used <= 4000 and tight.excluded[Excluded.BUDGET] > 0
 
@@ -405,7 +405,7 @@ def test_comparison_with_current_declarations(tmp_path: Path) -> None:
     rules = {r.name: r for r in document.rules}
     assert rules["from-shop-checkout"].current_denied == 2
     assert rules["from-billing-auditor"].current_denied == 0
-    text = suggestion.files["shop-payments-suggested.yaml"]
+    text = suggestion.files["shop.payments-suggested.yaml"]
     assert "partly new: the current declarations deny 2 of these calls" in text
     assert "already granted by the current declarations" in text
     assert '"/v1/charges/*"  # GET 2; ' in text and "new: the current declarations deny 2 (no-matching-rule)" in text
@@ -419,7 +419,7 @@ def test_tests_fail_when_the_suggestion_is_narrowed_or_widened(tmp_path: Path) -
     log.call(INVOICER, "GET", "/v1/invoices")
     out = _suggest_files(tmp_path, log.write(tmp_path / "decisions.jsonl"))
     assert run_tests([str(out)], now=T0).ok
-    path = out / "shop-payments.yaml"
+    path = out / "shop.payments.yaml"
     original = path.read_text()
     path.write_text(original.replace('"POST"', '"PUT"'))  # narrowed by mistake: POST no longer granted
     failed = [r.name for r in run_tests([str(out)], now=T0).results if not r.passed]

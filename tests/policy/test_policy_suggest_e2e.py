@@ -121,8 +121,8 @@ def test_dry_run_traffic_to_suggestion_to_enforcement(mesh: LocalMesh, tmp_path:
                 "--out", str(review))  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "not counted: denied-by-rule 1, identity-failed 1, quarantined 1" in done.stdout, done.stdout
-    document, tests = yaml.safe_load_all((review / "shop-payments.yaml").read_text())
-    assert tests["kind"] == "AllowedCallsTest" and tests["spec"]["policies"] == ["shop-payments.yaml"]
+    document, tests = yaml.safe_load_all((review / "shop.payments.yaml").read_text())
+    assert tests["kind"] == "AllowedCallsTest" and tests["spec"]["policies"] == ["shop.payments.yaml"]
     assert document["spec"] == {
         "workload": CALLEE,
         "mode": "enforce",
@@ -153,7 +153,7 @@ def test_dry_run_traffic_to_suggestion_to_enforcement(mesh: LocalMesh, tmp_path:
     #    only the one a deny rule named does (and the would-be-denied writes become plain allows).
     candidate = tmp_path / "candidate"
     candidate.mkdir()
-    (candidate / "payments.yaml").write_text((review / "shop-payments.yaml").read_text())
+    (candidate / "payments.yaml").write_text((review / "shop.payments.yaml").read_text())
     (candidate / "quarantine.yaml").write_text(QUARANTINE)
     replayed = cli("replay", "--log", str(mesh.decision_log), "--policies", str(candidate), "--json")
     assert replayed.returncode == 0, replayed.stderr
@@ -163,7 +163,7 @@ def test_dry_run_traffic_to_suggestion_to_enforcement(mesh: LocalMesh, tmp_path:
     assert (to_deny["path"], to_deny["after_reason"]) == ("/admin/users", "no-matching-rule")
 
     # 4. Enforce: the suggestion replaces the catch-all.
-    (mesh.policy_dir / "payments.yaml").write_text((review / "shop-payments.yaml").read_text())
+    (mesh.policy_dir / "payments.yaml").write_text((review / "shop.payments.yaml").read_text())
     (mesh.policy_dir / "declarations.yaml").write_text(QUARANTINE)
     version = load_policies([str(mesh.policy_dir)]).version
     deadline = time.monotonic() + 20
