@@ -93,9 +93,12 @@ def _run(args: argparse.Namespace) -> int:
         return _fail("no legitimate calls observed: nothing to suggest", 1)
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, text in suggestion.files.items():
-            (out / name).write_text(text)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for name, text in suggestion.files.items():
+                (out / name).write_text(text)
+        except OSError as exc:
+            return _fail(f"--out {args.out}: {exc.strerror or exc}")
         # The files as written, through `policy test` itself: what a reviewer will run.
         run = run_tests([str(out / name) for name in suggestion.files], now)
         passed = sum(r.passed for r in run.results)
