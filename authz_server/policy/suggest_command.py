@@ -125,7 +125,9 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         help="decision log files or directories (rotated FILE.N beside a file are read too; - for stdin)",
     )  # fmt: skip
     parser.add_argument("--policies", action="append", metavar="PATH", help="the current declarations, to compare")
-    parser.add_argument("--out", metavar="DIR", help="write the documents and the test file here (default: stdout)")
+    parser.add_argument(
+        "--out", metavar="DIR", help="write one file per callee here (declaration and its tests; default: stdout)"
+    )
     parser.add_argument(
         "--group-namespace", action="store_true",
         help="one namespace rule when every observed service account (2+) of a namespace called the same routes",
@@ -134,7 +136,10 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         "--unused-days", type=float, default=30.0, metavar="N",
         help="with --policies: flag allow rules that matched no call in the last N days of the logs (default 30)",
     )  # fmt: skip
-    parser.add_argument("--max-test-cases", type=int, default=DEFAULT_MAX_CASES, metavar="N", help="allow cases")
+    parser.add_argument(
+        "--max-test-cases", type=int, default=DEFAULT_MAX_CASES, metavar="N",
+        help="observed calls written as must-stay-allowed cases, in all (default %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-memory-mib", type=int, default=DEFAULT_MAX_BYTES >> 20, metavar="N",
         help="bound on what distinct edges and routes may hold (default %(default)s)",
@@ -143,7 +148,10 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         "--max-routes-per-caller", type=int, default=DEFAULT_MAX_ROUTES_PER_EDGE, metavar="N",
         help="distinct routes kept per caller and callee; more marks the rule incomplete (default %(default)s)",
     )  # fmt: skip
-    parser.add_argument("--workload-key", default="workload", help="context-extension key of workloadKey callees")
+    parser.add_argument(
+        "--workload-key", default="workload", metavar="KEY",
+        help="context-extension key naming workloadKey callees (the server's policy.workload_key; default %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="the report as JSON")
     parser.add_argument("--limit", type=int, default=50, metavar="N", help="lines per list in the text report")
     parser.set_defaults(handler=_handle)
