@@ -4,6 +4,8 @@
   `authz_server.policy.schema`, the same schemas the server validates declarations with.
 - overlays/envoy/workload-example/envoy-bootstrap.yaml: the plain-Envoy sidecar, from
   `authz_server.envoy.bootstrap`, the generator the end-to-end tests and the demo run.
+- components/istio-certificates/istio-ca/config.yaml: base/config/config.yaml with the identity section
+  switched from SPIRE's Workload API to the root istiod publishes (one source for everything else).
 
     python mesh_manifests/generate.py          # rewrite the files
     python mesh_manifests/generate.py --check  # exit 1, naming each stale file (CI)
@@ -26,6 +28,10 @@ from authz_server.envoy.bootstrap import Endpoint, SidecarSpec, SpireSds, render
 
 HERE = Path(__file__).resolve().parent
 BOOTSTRAP_PATH = HERE / "overlays" / "envoy" / "workload-example" / "envoy-bootstrap.yaml"
+BASE_CONFIG_PATH = HERE / "base" / "config" / "config.yaml"
+ISTIO_CA_CONFIG_PATH = HERE / "components" / "istio-certificates" / "istio-ca" / "config.yaml"
+ISTIO_CA_ROOT = "/etc/istio-ca/root-cert.pem"
+""""The ConfigMap istio-ca-root-cert (key root-cert.pem), mounted by the istio-ca component."""
 
 NAMESPACE = "authz-system"
 SERVICE = "authz-server"
@@ -57,6 +63,21 @@ def sidecar_spec() -> SidecarSpec:
 
 def render_envoy_bootstrap() -> str:
     return HEADER.format(source="authz_server/envoy/bootstrap.py") + render_yaml(sidecar_spec())
+
+
+def render_istio_ca_config() -> str:
+    """The server configuration for the "Istio CA" certificate source: base's, identity from istiod's root."""
+    config = yaml.safe_load(BASE_CONFIG_PATH.read_text())
+    identity = config["identity"]
+    identity.pop("workload_api_socket", None)
+    identity.pop("workload_api_start_timeout_s", None)
+    # Istio's trust domain is meshConfig.trustDomain (cluster.local unless set): make it the one the
+    # declarations name, or rename them. The root file is polled, so a root rotation needs no restart.
+    identity["trust_domains"] = {name: {"bundle": ISTIO_CA_ROOT} for name in identity.get("trust_domains", {})}
+    header = HEADER.format(source="base/config/config.yaml") + (
+        "# The server's configuration when istiod (self-signed root or plug-in CA) issues the mesh's certificates.\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=False)
 
 
 @dataclass(frozen=True)
@@ -153,7 +174,7 @@ def render_crds() -> dict[Path, str]:
 
 def render_all() -> dict[Path, str]:
     """Every generated file, path -> content."""
-    return {BOOTSTRAP_PATH: render_envoy_bootstrap(), **render_crds()}
+    return {BOOTSTRAP_PATH: render_envoy_bootstrap(), ISTIO_CA_CONFIG_PATH: render_istio_ca_config(), **render_crds()}
 
 
 def stale(rendered: dict[Path, str]) -> list[Path]:

@@ -16,7 +16,7 @@ class CallersConfig:
     """off: anyone who reaches the port may ask (plain Envoy, sidecar layout); xfcc: the sending proxy's identity,
     from the XFCC element the server's own sidecar appended, must be the call's destination or a gateway."""
     gateways: tuple[str, ...] = ()
-    """SPIFFE IDs that may ask about calls to any destination (ingress gateways, waypoints)."""
+    """SPIFFE IDs that may ask about calls to any destination (ingress gateways). Ignored with mode: off."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -25,6 +25,4 @@ class CallersConfig:
                 SpiffeId(gateway)
             except Exception as exc:
                 problems.append(f"gateways: {gateway!r}: {exc}")
-        if self.gateways and self.mode == "off":
-            problems.append("gateways: only used with mode: xfcc")
         return problems

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "mesh_manifests"
 SPIFFE_DIR = ROOT / "spiffe"
 SHARED_SCHEMAS = ROOT.parent / "shared" / "schemas"
-ISTIO_CRDS = SHARED_SCHEMAS / "istio-crds.gen.yaml"
+# A worktree sits one level deeper than the main checkout: ISTIO_CRDS names the schemas file from anywhere.
+ISTIO_CRDS = Path(os.environ.get("ISTIO_CRDS", SHARED_SCHEMAS / "istio-crds.gen.yaml"))
 
 KUBERNETES_VERSION = "1.32.0"
 """Schemas of this Kubernetes release (kubernetes-validate ships 1.25 onwards); the manifests need >= 1.30
@@ -150,8 +151,6 @@ def load_script(path: Path, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
 
 
 def crd_validators(crds: list[Object]) -> dict[tuple[str, str], jsonschema.protocols.Validator]:

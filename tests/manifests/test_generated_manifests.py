@@ -66,8 +66,10 @@ def structural_problems(node: Any, where: str = "spec") -> list[str]:
     problems = []
     if not isinstance(node, dict):
         return [f"{where}: not a schema object"]
-    if "type" not in node and not node.get("x-kubernetes-int-or-string") and not node.get(
-        "x-kubernetes-preserve-unknown-fields"
+    if (
+        "type" not in node
+        and not node.get("x-kubernetes-int-or-string")
+        and not node.get("x-kubernetes-preserve-unknown-fields")
     ):
         problems.append(f"{where}: no type")
     if "properties" in node and "additionalProperties" in node:
