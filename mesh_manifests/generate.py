@@ -88,6 +88,7 @@ class CustomResource:
     short_names: tuple[str, ...]
     spec_schema: Callable[[], dict[str, Any]]
     printer_columns: tuple[dict[str, str], ...]
+    scope: str = "Namespaced"
 
 
 def _custom_resources() -> tuple[str, str, tuple[CustomResource, ...]]:
@@ -113,6 +114,8 @@ def _custom_resources() -> tuple[str, str, tuple[CustomResource, ...]]:
             short_names=("qr",),
             spec_schema=schema.quarantine_openapi_schema,
             printer_columns=(),
+            # A quarantine denies its callers everywhere, so it belongs to no namespace.
+            scope="Cluster",
         ),
     )
     return schema.API_GROUP, schema.API_VERSION, resources
@@ -129,7 +132,7 @@ def custom_resource_definition(group: str, version: str, resource: CustomResourc
         },
         "spec": {
             "group": group,
-            "scope": "Namespaced",
+            "scope": resource.scope,
             "names": {
                 "kind": resource.kind,
                 "listKind": f"{resource.kind}List",

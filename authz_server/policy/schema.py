@@ -139,6 +139,13 @@ def allowed_calls_openapi_schema() -> dict[str, Any]:
         "type": "object",
         "description": "Who may call one workload, on which methods and paths. Everything else is denied.",
         "required": ["rules"],
+        # For the API server (the CRD): the same rule the server's own validation applies.
+        "x-kubernetes-validations": [
+            {
+                "rule": "has(self.workload) != has(self.workloadKey)",
+                "message": "give exactly one of workload and workloadKey",
+            }
+        ],
         "properties": {
             "workload": _string(
                 "SPIFFE ID of the callee, matched against the destination principal Envoy reports.",

@@ -180,7 +180,12 @@ def istio_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
 
 
 def project_crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
-    return crd_validators(build("crds"))
+    return crd_validators(project_crds())
+
+
+def project_crds() -> list[Object]:
+    """The CustomResourceDefinitions of mesh_manifests/crds (without the admission policy shipped beside them)."""
+    return [o for o in build("crds") if o["kind"] == "CustomResourceDefinition"]
 
 
 def errors(validator: jsonschema.protocols.Validator, obj: Object) -> list[str]:

@@ -22,6 +22,7 @@ from manifest_support import (
     find,
     load_generator,
     project_crd_validators,
+    project_crds,
 )
 
 from authz_server.envoy.bootstrap import EXT_AUTHZ_CLUSTER, EXT_AUTHZ_FILTER, SPIRE_AGENT_CLUSTER
@@ -50,7 +51,7 @@ def test_generator_check_mode_reports_a_hand_edited_file(tmp_path: Path) -> None
 def test_crds_publish_the_policy_stages_own_schemas() -> None:
     from authz_server.policy import schema
 
-    crds = {crd["spec"]["names"]["kind"]: crd for crd in build("crds")}
+    crds = {crd["spec"]["names"]["kind"]: crd for crd in project_crds()}
     assert set(crds) == {"AllowedCalls", "Quarantine"}
     for kind, spec_schema in (("AllowedCalls", schema.allowed_calls_openapi_schema()),
                               ("Quarantine", schema.quarantine_openapi_schema())):  # fmt: skip
@@ -87,14 +88,14 @@ def structural_problems(node: Any, where: str = "spec") -> list[str]:
 
 
 def test_crd_schemas_are_structural() -> None:
-    for crd in build("crds"):
+    for crd in project_crds():
         (version,) = crd["spec"]["versions"]
         problems = structural_problems(version["schema"]["openAPIV3Schema"], crd["metadata"]["name"])
         assert not problems, "\n".join(problems)
 
 
 def test_structural_check_notices_an_untyped_node() -> None:
-    crd = copy.deepcopy(build("crds")[0])
+    crd = copy.deepcopy(project_crds()[0])
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     del spec["properties"]["rules"]["type"]
     assert structural_problems(spec)
