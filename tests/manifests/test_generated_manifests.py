@@ -197,9 +197,16 @@ def cluster(config: Object, name: str) -> Object:
 
 def test_envoy_sidecar_calls_the_servers_service_and_fails_closed() -> None:
     config = bootstrap()
-    service = find(build("overlays/envoy"), "Service", "authz-server")
+    service = find(build("overlays/envoy"), "Service", "authz-server-headless")
+    # Every ready server pod is a host, re-resolved every few seconds, connections renewed: new replicas get
+    # Checks from sidecars that started before them.
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == find(build("overlays/envoy"), "Service", "authz-server")["spec"]["selector"]
     ext_authz = cluster(config, EXT_AUTHZ_CLUSTER)
     assert ext_authz["type"] == "STRICT_DNS"
+    assert ext_authz["dns_refresh_rate"] == "5s"
+    options = ext_authz["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert options["common_http_protocol_options"]["max_connection_duration"] == "300s"
     (endpoint,) = ext_authz["load_assignment"]["endpoints"][0]["lb_endpoints"]
     address = endpoint["endpoint"]["address"]["socket_address"]
     namespace = service["metadata"]["namespace"]
@@ -228,8 +235,17 @@ def test_envoy_sidecar_gets_its_svid_from_the_mounted_spire_socket() -> None:
     config_map_name = volumes[mounts[str(config_path.parent)]]["configMap"]["name"]
     config_map = find(build("overlays/envoy"), "ConfigMap", config_map_name)
     assert yaml.safe_load(config_map["data"][config_path.name]) == config
-    listener_port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
-    assert [p["containerPort"] for p in envoy["ports"]] == [listener_port]
+    ports = [
+        listener["address"]["socket_address"]["port_value"] for listener in config["static_resources"]["listeners"]
+    ]
+    assert [p["containerPort"] for p in envoy["ports"]] == ports
+    # Ready only when the readiness listener answers, i.e. once Envoy holds its SDS secrets.
+    probe = envoy["readinessProbe"]["httpGet"]
+    (ready_port,) = [p["containerPort"] for p in envoy["ports"] if p["name"] == probe["port"]]
+    (readiness,) = [lst for lst in config["static_resources"]["listeners"] if lst["name"] == "readiness"]
+    assert readiness["address"]["socket_address"]["port_value"] == ready_port and probe["path"] == "/ready"
+    # One worker per node hardware thread otherwise.
+    assert envoy["args"][envoy["args"].index("--concurrency") + 1] == "2"
 
 
 def envoy_binary() -> str:
