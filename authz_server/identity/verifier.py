@@ -326,6 +326,7 @@ class IdentityVerifier:
         if call.source.principal and "principal" not in self.config.sources:
             detail += (
                 f"; Envoy sent only the principal {call.source.principal!r}: enable include_peer_certificate, "
-                "or accept it with trust_proxy_principal and the 'principal' source"
+                "or accept it with trust_proxy_principal and the 'principal' source "
+                "(an Istio waypoint cannot send the certificate: ambient mode is not supported)"
             )
         return detail
