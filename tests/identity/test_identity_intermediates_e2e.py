@@ -17,26 +17,14 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from identity_support import CALLEE, CALLER, TRUST_DOMAIN
+from identity_support import E2E_DECLARATIONS as DECLARATIONS
 
-from authz_server.dev.mesh import TRUST_DOMAIN, LocalMesh, Reply
+from authz_server.dev.mesh import LocalMesh, Reply
 from authz_server.dev.trust_domain import TrustDomainCA
 
 pytestmark = pytest.mark.e2e
 
-CALLER = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/frontend"
-CALLEE = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/payments"
-
-DECLARATIONS = f"""
-apiVersion: authz-server.dev/v1alpha1
-kind: AllowedCalls
-metadata: {{name: payments, namespace: shop}}
-spec:
-  workload: {CALLEE}
-  rules:
-    - name: frontend-reads-orders
-      from: [{{id: {CALLER}}}]
-      to: [{{methods: [GET], paths: [/orders, /orders/*]}}]
-"""
 
 CHAIN_FROM_LOCAL_PROXY = {
     "risk": {"enabled": False},

@@ -25,19 +25,9 @@ from authz_server.dev.mesh import TRUST_DOMAIN, LocalMesh, ServerProcess, free_p
 
 OBSERVABILITY = MANIFESTS / "observability"
 PREFIXES = ("authz_", "envoy_", "istio_", "process_", "python_")
-CALLER = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/frontend"
-CALLEE = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/payments"
-DECLARATIONS = f"""
-apiVersion: authz-server.dev/v1alpha1
-kind: AllowedCalls
-metadata: {{name: payments, namespace: shop}}
-spec:
-  workload: {CALLEE}
-  rules:
-    - name: frontend-reads-orders
-      from: [{{id: {CALLER}}}]
-      to: [{{methods: [GET], paths: [/orders]}}]
-"""
+DECLARATIONS = MANIFESTS / "base" / "declarations" / "payments-api.yaml"
+CALLEE = f"spiffe://{TRUST_DOMAIN}/ns/payments/sa/payments-api"
+CALLER = f"spiffe://{TRUST_DOMAIN}/ns/checkout/sa/checkout"
 
 
 def promtool() -> str:
@@ -128,9 +118,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
     names: set[str] = set()
     port = free_port()
     config = {"metrics": {"listen": f"127.0.0.1:{port}"}, "risk": {"enabled": False}}
-    with LocalMesh(tmp_path_factory.mktemp("scrape-mesh"), DECLARATIONS, callee=CALLEE, server_config=config) as mesh:
-        assert mesh.call(CALLER, "GET", "/orders").status == 200
-        assert mesh.call(f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/intruder", "GET", "/orders").status == 403
+    # The shipped example declaration: checkout may POST /v1/charges to payments-api.
+    declarations = DECLARATIONS.read_text()
+    with LocalMesh(tmp_path_factory.mktemp("scrape-mesh"), declarations, callee=CALLEE, server_config=config) as mesh:
+        assert mesh.call(CALLER, "POST", "/v1/charges").status == 200
+        assert mesh.call(f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/intruder", "POST", "/v1/charges").status == 403
         assert mesh.envoy is not None
         names |= _exported(_scrape(f"http://127.0.0.1:{port}/metrics"))
         names |= _exported(_scrape(f"{mesh.envoy.admin_url}/stats/prometheus"))
