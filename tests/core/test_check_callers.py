@@ -131,6 +131,14 @@ def test_a_check_without_the_sidecars_xfcc_is_refused(running: Running) -> None:
     assert running.refused()["no-caller-identity"] == before["no-caller-identity"] + 1
 
 
+def test_a_header_that_does_not_parse_is_refused_every_time(running: Running) -> None:
+    before = running.refused()
+    # Remembered after the first parse: the second identical header must be refused the same way.
+    for _ in range(2):
+        assert running.check(PAYMENTS, prefix='By="unterminated;') is grpc.StatusCode.PERMISSION_DENIED
+    assert running.refused()["malformed-xfcc"] == before["malformed-xfcc"] + 2
+
+
 def test_the_refusal_is_logged_with_its_reason(running: Running) -> None:
     running.check(INTRUDER)
     assert "Check refused (not-the-destination" in running.server.log_tail()
