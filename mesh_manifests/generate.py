@@ -97,6 +97,8 @@ class CustomResource:
     spec_schema: Callable[[], dict[str, Any]]
     printer_columns: tuple[dict[str, str], ...]
     scope: str = "Namespaced"
+    cel_rules: tuple[dict[str, str], ...] = ()
+    """x-kubernetes-validations of `spec`, for rules JSON Schema cannot state."""
 
 
 def _custom_resources() -> tuple[str, str, tuple[CustomResource, ...]]:
@@ -110,6 +112,7 @@ def _custom_resources() -> tuple[str, str, tuple[CustomResource, ...]]:
             singular="allowedcalls",
             short_names=("ac",),
             spec_schema=schema.allowed_calls_openapi_schema,
+            cel_rules=schema.ALLOWED_CALLS_CEL_RULES,
             printer_columns=(
                 {"name": "Workload", "type": "string", "jsonPath": ".spec.workload"},
                 {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
@@ -131,6 +134,9 @@ def _custom_resources() -> tuple[str, str, tuple[CustomResource, ...]]:
 
 def custom_resource_definition(group: str, version: str, resource: CustomResource) -> dict[str, Any]:
     columns = [*resource.printer_columns, {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
+    spec = resource.spec_schema()
+    if resource.cel_rules:
+        spec["x-kubernetes-validations"] = [dict(rule) for rule in resource.cel_rules]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -162,7 +168,7 @@ def custom_resource_definition(group: str, version: str, resource: CustomResourc
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
-                                "spec": resource.spec_schema(),
+                                "spec": spec,
                             },
                         }
                     },

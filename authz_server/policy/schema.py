@@ -133,19 +133,19 @@ def _rule_schema() -> dict[str, Any]:
     }
 
 
+ALLOWED_CALLS_CEL_RULES = (
+    {"rule": "has(self.workload) != has(self.workloadKey)", "message": "give exactly one of workload and workloadKey"},
+)
+"""x-kubernetes-validations of the AllowedCalls CRD's spec: the API server's form of a rule the server's own
+validation applies in Python (policy/validation.py). Kept apart from the JSON Schema, which the server compiles."""
+
+
 def allowed_calls_openapi_schema() -> dict[str, Any]:
     """openAPIV3Schema of AllowedCalls.spec."""
     return {
         "type": "object",
         "description": "Who may call one workload, on which methods and paths. Everything else is denied.",
         "required": ["rules"],
-        # For the API server (the CRD): the same rule the server's own validation applies.
-        "x-kubernetes-validations": [
-            {
-                "rule": "has(self.workload) != has(self.workloadKey)",
-                "message": "give exactly one of workload and workloadKey",
-            }
-        ],
         "properties": {
             "workload": _string(
                 "SPIFFE ID of the callee, matched against the destination principal Envoy reports.",

@@ -52,7 +52,7 @@ def test_allowed_calls_needs_exactly_one_of_workload_and_workload_key(spec: Json
 def test_the_crd_rule_is_the_servers_own() -> None:
     from authz_server.policy import schema
 
-    assert _allowed_calls_rules() == schema.allowed_calls_openapi_schema()["x-kubernetes-validations"]
+    assert _allowed_calls_rules() == [dict(rule) for rule in schema.ALLOWED_CALLS_CEL_RULES]
 
 
 def _admit(policy: Object, obj: Json, namespace: Json | None = None) -> list[str]:
