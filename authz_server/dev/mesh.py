@@ -128,10 +128,14 @@ class LocalMesh:
     accept_untrusted_clients: bool = False
     forward_client_cert: str = "SANITIZE"
     workers: int = 1
+    intermediate_ca: bool = False
+    """Issue every SVID (Envoy's too) from an intermediate below the root in the bundle, as Istio's plug-in CA
+    and SPIRE with an UpstreamAuthority do: peers then present leaf + intermediate."""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ca = TrustDomainCA.create(TRUST_DOMAIN)
+        self.root = TrustDomainCA.create(TRUST_DOMAIN)
+        self.ca = self.root.intermediate() if self.intermediate_ca else self.root
         self.bundle_path = self.ca.write_bundle(self.workdir / "bundle.pem")
         self.policy_dir = self.workdir / "policies"
         self.policy_dir.mkdir(exist_ok=True)

@@ -70,7 +70,12 @@ class SidecarSpec:
     """Cap per HTTP/2 connection to the server; > 0 makes Envoy open more connections, which
     SO_REUSEPORT spreads over the server's worker processes."""
     authz_dns: bool = False
-    """Resolve the server's host by DNS (a Kubernetes Service) instead of a static address."""
+    """Resolve the server's host by DNS instead of a static address. Name a headless Service: every address is
+    a host Envoy balances each Check over, and the DNS refresh and the connection lifetime below bring in the
+    replicas an autoscaler adds (a ClusterIP is one host, one long-lived HTTP/2 connection, one server pod)."""
+    readiness: Endpoint | None = None
+    """A plain-HTTP listener answering 200 on /ready. Envoy opens listeners only once initialised, and with SDS
+    it waits for the SVID and bundle without a time limit, so this answers only when mTLS can work."""
     accept_untrusted_clients: bool = False
     """Let any client certificate through the handshake, so the server's own checks decide."""
     forward_client_cert: Literal["SANITIZE", "SANITIZE_SET", "APPEND_FORWARD", "FORWARD_ONLY"] = "SANITIZE"
@@ -88,8 +93,15 @@ def _socket(endpoint: Endpoint) -> dict[str, Any]:
     return {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
 
 
+DNS_REFRESH = "5s"
+"""How soon a new server replica behind a headless Service gets Checks (CoreDNS answers headless names with a 5 s
+TTL by default)."""
+AUTHZ_CONNECTION_LIFETIME = "300s"
+"""Connections to the server are replaced this often, so the load spreads again after scaling or a restart."""
+
+
 def _static_cluster(name: str, endpoint: Endpoint, dns: bool = False) -> dict[str, Any]:
-    return {
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STRICT_DNS" if dns else "STATIC",
         "connect_timeout": "1s",
@@ -98,18 +110,23 @@ def _static_cluster(name: str, endpoint: Endpoint, dns: bool = False) -> dict[st
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(endpoint)}}]}],
         },
     }
+    if dns:
+        cluster["dns_refresh_rate"] = DNS_REFRESH
+        cluster["respect_dns_ttl"] = True
+    return cluster
 
 
-def _http2(max_concurrent_streams: int = 0) -> dict[str, Any]:
+def _http2(max_concurrent_streams: int = 0, max_connection_duration: str = "") -> dict[str, Any]:
     options: dict[str, Any] = {}
     if max_concurrent_streams:
         options["max_concurrent_streams"] = max_concurrent_streams
-    return {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": options},
-        }
+    protocol: dict[str, Any] = {
+        "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": options},
     }
+    if max_connection_duration:
+        protocol["common_http_protocol_options"] = {"max_connection_duration": max_connection_duration}
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": protocol}
 
 
 def _tls_context(spec: SidecarSpec) -> dict[str, Any]:
@@ -128,6 +145,9 @@ def _tls_context(spec: SidecarSpec) -> dict[str, Any]:
         common["validation_context"] = validation
     else:
         sds = {
+            # Wait for the SPIRE agent however long it takes (Envoy's default gives up after 15 s and starts
+            # without the SVID, refusing every handshake while reporting itself ready).
+            "initial_fetch_timeout": "0s",
             "resource_api_version": "V3",
             "api_config_source": {
                 "api_type": "GRPC",
@@ -240,7 +260,8 @@ def render_bootstrap(spec: SidecarSpec) -> dict[str, Any]:
     clusters = [_static_cluster(UPSTREAM_CLUSTER, spec.upstream)]
     if spec.authz is not None:
         cluster = _static_cluster(EXT_AUTHZ_CLUSTER, spec.authz, dns=spec.authz_dns)
-        cluster["typed_extension_protocol_options"] = _http2(spec.authz_max_concurrent_streams)
+        lifetime = AUTHZ_CONNECTION_LIFETIME if spec.authz_dns else ""
+        cluster["typed_extension_protocol_options"] = _http2(spec.authz_max_concurrent_streams, lifetime)
         # Envoy's default of 1024 pending checks per cluster is too low for a busy sidecar.
         cluster["circuit_breakers"] = {"thresholds": [{"max_requests": 100_000, "max_pending_requests": 100_000}]}
         clusters.append(cluster)
@@ -281,9 +302,30 @@ def render_bootstrap(spec: SidecarSpec) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+    if spec.readiness is not None:
+        bootstrap["static_resources"]["listeners"].append(_readiness_listener(spec.readiness))
     if spec.admin is not None:
         bootstrap["admin"] = {"address": _socket(spec.admin)}
     return bootstrap
+
+
+def _readiness_listener(endpoint: Endpoint) -> dict[str, Any]:
+    route = {"match": {"path": "/ready"}, "direct_response": {"status": 200, "body": {"inline_string": "ready\n"}}}
+    hcm = {
+        "@type": f"{_TYPES}.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "readiness",
+        "route_config": {"virtual_hosts": [{"name": "readiness", "domains": ["*"], "routes": [route]}]},
+        "http_filters": [
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": f"{_TYPES}.filters.http.router.v3.Router"}}
+        ],
+    }
+    return {
+        "name": "readiness",
+        "address": _socket(endpoint),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
 
 
 def render_yaml(spec: SidecarSpec) -> str:

@@ -44,7 +44,8 @@ class IdentityConfig:
     xfcc_trusted_proxies: tuple[str, ...] = ()
     """SPIFFE IDs of proxies whose x-forwarded-client-cert is believed: the `By` of the header's last element
     (the one the nearest proxy appended) must be one of these. The word `destination` stands for the local
-    proxy's own identity (attributes.destination.principal), as with Istio sidecars using APPEND_FORWARD."""
+    proxy's own identity (attributes.destination.principal), as with Istio sidecars using APPEND_FORWARD. The
+    `certificate` source also takes intermediates from that element's Chain (leaves under an intermediate CA)."""
     jwt_header: str = "authorization"
     """Header carrying a JWT-SVID (a leading "Bearer " is removed)."""
     jwt_audience: str = ""

@@ -90,6 +90,7 @@ class IdentityVerifier:
         self._negative_ttl = config.negative_cache_ttl_s
         self._trusted_proxies = frozenset(config.xfcc_trusted_proxies) - {XFCC_LOCAL_PROXY}
         self._trust_local_proxy = XFCC_LOCAL_PROXY in config.xfcc_trusted_proxies
+        self._chain_from_xfcc = bool(config.xfcc_trusted_proxies)
         self._jwt_header = config.jwt_header.lower()
         readers: dict[str, Reader] = {
             "certificate": self._from_certificate,
@@ -129,9 +130,17 @@ class IdentityVerifier:
         if not raw:
             return None
         result = self._cache.get(raw, now)
-        if result is None:
-            result, until = self._verify_certificate(raw, now)
-            self._remember(raw, len(raw), result, until, now)
+        if not isinstance(result, Identity):
+            # Envoy forwards only the leaf. Under an intermediate CA (Istio's plug-in cacerts, SPIRE with an
+            # UpstreamAuthority) the chain comes from the XFCC element the local proxy appended. A leaf once
+            # chained to the bundle is cached by itself; a failure is cached with the header it was judged with.
+            header = call.headers.get(XFCC_HEADER, "") if self._chain_from_xfcc else ""
+            key: Hashable = ("certificate", raw, header, call.destination_principal) if header else raw
+            if header:
+                result = self._cache.get(key, now)
+            if result is None:
+                result, until = self._verify_certificate(raw, header, call.destination_principal, now)
+                self._remember(raw if isinstance(result, Identity) else key, len(raw) + len(header), result, until, now)
         principal = call.source.principal
         if principal and isinstance(result, Identity) and principal != result.spiffe_id:
             return IdentityFailure(
@@ -140,13 +149,49 @@ class IdentityVerifier:
             )
         return result
 
-    def _verify_certificate(self, raw: str, now: float) -> tuple[IdentityResult, float]:
+    def _verify_certificate(self, raw: str, header: str, destination: str, now: float) -> tuple[IdentityResult, float]:
         certs = decode_pem_certificates(urllib.parse.unquote(raw))
         if isinstance(certs, IdentityFailure):
             return certs, 0.0
-        # Envoy sends the leaf only; anything after it is used as intermediates, never as anchors.
-        leaf, intermediates = certs[0], list(dict.fromkeys(c for c in certs[1:] if c != certs[0]))
-        return self._identity(self._store.verify(leaf, intermediates, now, self._skew), Proof.CERTIFICATE)
+        chain, why_not = self._sidecar_chain(header, destination)
+        # Anything after the leaf, and the sidecar's chain, are candidate intermediates, never anchors.
+        leaf = certs[0]
+        intermediates = list(dict.fromkeys(c for c in (*certs[1:], *chain) if c != leaf))
+        verified = self._store.verify(leaf, intermediates, now, self._skew)
+        if isinstance(verified, IdentityFailure) and verified.reason is IdentityReason.CHAIN_INVALID and why_not:
+            verified = IdentityFailure(verified.reason, f"{verified.detail}; {why_not}")
+        return self._identity(verified, Proof.CERTIFICATE)
+
+    def _sidecar_chain(self, header: str, destination: str) -> tuple[list[x509.Certificate], str]:
+        """The intermediates in the `Chain` of the XFCC element a trusted proxy appended, or why there are none."""
+        hint = (
+            "Envoy forwards only the leaf: under an intermediate CA, have the local proxy put the chain in XFCC "
+            "(set_current_client_cert_details chain: true) and list it in identity.xfcc_trusted_proxies"
+        )
+        if not header:
+            return [], hint
+        try:
+            element = parse_xfcc(header)[-1]
+        except XfccError as exc:
+            return [], f"XFCC not used for intermediates: {exc}"
+        by = element.get("by", ("",))[0]
+        if not self._trusted_author(by, destination):
+            return (
+                [],
+                f"XFCC Chain not used: its last element was appended by {by or 'a proxy without By'!r}, "
+                "which is not in identity.xfcc_trusted_proxies",
+            )
+        chain_text = element.get("chain", ("",))
+        if len(chain_text) != 1 or not chain_text[0]:
+            return [], f"the XFCC element from {by!r} carries no single Chain; {hint}"
+        decoded = decode_pem_certificates(urllib.parse.unquote(chain_text[0]))
+        if isinstance(decoded, IdentityFailure):
+            return [], f"XFCC Chain not used: {decoded.detail}"
+        return decoded, ""
+
+    def _trusted_author(self, by: str, destination: str) -> bool:
+        """Whether an XFCC element's `By` names a proxy this server believes."""
+        return bool(by) and (by in self._trusted_proxies or (self._trust_local_proxy and by == destination))
 
     def _from_xfcc(self, call: Call, now: float) -> IdentityResult | None:
         header = call.headers.get(XFCC_HEADER)
@@ -174,7 +219,7 @@ class IdentityVerifier:
                 IdentityReason.UNTRUSTED_XFCC, f"last {XFCC_HEADER} element repeats {', '.join(repeated)}"
             ), 0.0
         by = element.get("by", ("",))[0]
-        if not by or (by not in self._trusted_proxies and not (self._trust_local_proxy and by == destination)):
+        if not self._trusted_author(by, destination):
             return IdentityFailure(
                 IdentityReason.UNTRUSTED_XFCC,
                 f"last {XFCC_HEADER} element was appended by {by or 'a proxy without By'!r}, "
@@ -281,6 +326,7 @@ class IdentityVerifier:
         if call.source.principal and "principal" not in self.config.sources:
             detail += (
                 f"; Envoy sent only the principal {call.source.principal!r}: enable include_peer_certificate, "
-                "or accept it with trust_proxy_principal and the 'principal' source"
+                "or accept it with trust_proxy_principal and the 'principal' source "
+                "(an Istio waypoint cannot send the certificate: ambient mode is not supported)"
             )
         return detail

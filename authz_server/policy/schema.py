@@ -133,6 +133,13 @@ def _rule_schema() -> dict[str, Any]:
     }
 
 
+ALLOWED_CALLS_CEL_RULES = (
+    {"rule": "has(self.workload) != has(self.workloadKey)", "message": "give exactly one of workload and workloadKey"},
+)
+"""x-kubernetes-validations of the AllowedCalls CRD's spec: the API server's form of a rule the server's own
+validation applies in Python (policy/validation.py). Kept apart from the JSON Schema, which the server compiles."""
+
+
 def allowed_calls_openapi_schema() -> dict[str, Any]:
     """openAPIV3Schema of AllowedCalls.spec."""
     return {

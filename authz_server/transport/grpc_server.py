@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.authorizer import Authorizer
+from authz_server.transport.callers import CheckCallers
 
 log = logging.getLogger("authz_server.transport")
 
@@ -46,6 +47,8 @@ class AuthorizerSlot:
 
     def __init__(self) -> None:
         self.authorizer: Authorizer | None = None
+        self.callers: CheckCallers | None = None
+        """None: anyone who reaches the port may ask (callers.mode: off)."""
 
 
 def _sync_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckRequest, grpc.ServicerContext], Any]:
@@ -53,6 +56,8 @@ def _sync_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckReques
         authorizer = slot.authorizer
         if authorizer is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
+        if slot.callers is not None and (refusal := slot.callers.refusal(request, context.invocation_metadata())):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         return authorizer.check(request, context.time_remaining())  # type: ignore[union-attr]
 
     return check
@@ -63,6 +68,8 @@ def _aio_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckRequest
         authorizer = slot.authorizer
         if authorizer is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
+        if slot.callers is not None and (refusal := slot.callers.refusal(request, context.invocation_metadata())):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         return authorizer.check(request, context.time_remaining())  # type: ignore[union-attr]
 
     return check

@@ -24,6 +24,7 @@ from authz_server.authorizer import Authorizer, Runtime
 from authz_server.config import Config
 from authz_server.observability import Observability
 from authz_server.stages import IdentityStage, PolicyStage, RiskStage, StageSource
+from authz_server.transport.callers import CheckCallers
 from authz_server.transport.grpc_server import AuthorizerSlot, HealthReporter, build_aio_server, build_sync_server
 
 log = logging.getLogger("authz_server.serve")
@@ -117,6 +118,7 @@ class ServerProcess:
         self.ops = Observability(
             config.metrics, self.sink, self.sources.statuses, int(os.environ.get("AUTHZ_WORKER_INDEX", "0") or 0)
         )
+        self.slot.callers = CheckCallers.from_config(config.callers, self.ops.registry)
         self._on_ready = on_ready
         self.failed: BaseException | None = None
         self.port = 0

@@ -24,6 +24,19 @@ CALLEE = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/payments"
 CALLER = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/frontend"
 PROXY = f"spiffe://{TRUST_DOMAIN}/ns/edge/sa/gateway"
 
+E2E_DECLARATIONS = f"""
+apiVersion: authz-server.dev/v1alpha1
+kind: AllowedCalls
+metadata: {{name: payments, namespace: shop}}
+spec:
+  workload: {CALLEE}
+  rules:
+    - name: frontend-reads-orders
+      from: [{{id: {CALLER}}}]
+      to: [{{methods: [GET], paths: [/orders, /orders/*]}}]
+"""
+"""What the end-to-end meshes load: CALLER may GET /orders and /orders/* on CALLEE, nothing else."""
+
 
 def url_encoded(pem: bytes) -> str:
     """PEM the way Envoy puts it in attributes.source.certificate and XFCC Cert/Chain."""

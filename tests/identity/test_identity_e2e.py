@@ -21,26 +21,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from identity_support import CALLEE, CALLER, TRUST_DOMAIN
+from identity_support import E2E_DECLARATIONS as DECLARATIONS
 
-from authz_server.dev.mesh import TRUST_DOMAIN, LocalMesh, Reply
+from authz_server.dev.mesh import LocalMesh, Reply
 from authz_server.dev.trust_domain import TrustDomainCA
 
 pytestmark = pytest.mark.e2e
-
-CALLER = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/frontend"
-CALLEE = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/payments"
-
-DECLARATIONS = f"""
-apiVersion: authz-server.dev/v1alpha1
-kind: AllowedCalls
-metadata: {{name: payments, namespace: shop}}
-spec:
-  workload: {CALLEE}
-  rules:
-    - name: frontend-reads-orders
-      from: [{{id: {CALLER}}}]
-      to: [{{methods: [GET], paths: [/orders, /orders/*]}}]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +40,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
         accept_untrusted_clients=True,
     ) as running:
         yield running
-
 
 
 def _denied(mesh: LocalMesh, reply: Reply, status: int, reason: str, upstream_before: int) -> dict[str, Any]:
@@ -179,9 +165,7 @@ def test_a_client_written_xfcc_element_replaying_a_good_certificate_is_ignored(x
     forged = TrustDomainCA.create(TRUST_DOMAIN).issue(CALLER)
     before = _upstream_requests(xfcc_mesh)
 
-    reply = xfcc_mesh.call(
-        xfcc_mesh.write_svid(forged), "GET", "/orders", headers={"x-forwarded-client-cert": claim}
-    )
+    reply = xfcc_mesh.call(xfcc_mesh.write_svid(forged), "GET", "/orders", headers={"x-forwarded-client-cert": claim})
 
     logged = _denied(xfcc_mesh, reply, 401, "chain-invalid", before)
     assert logged["identity_error"]["detail"].startswith("signature does not verify")

@@ -32,8 +32,6 @@ def _pem(*certs: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-
-
 def test_a_chain_of_mutually_signing_intermediates_is_refused_after_bounded_work(ca: TrustDomainCA) -> None:
     # 12 such intermediates are 12!/4! orderings at depth 8: hours of signature checks without a budget.
     leaf, tangle = ca.tangled_chain(CALLER, 12)

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "mesh_manifests"
 SPIFFE_DIR = ROOT / "spiffe"
 SHARED_SCHEMAS = ROOT.parent / "shared" / "schemas"
-ISTIO_CRDS = SHARED_SCHEMAS / "istio-crds.gen.yaml"
+# A worktree sits one level deeper than the main checkout: ISTIO_CRDS names the schemas file from anywhere.
+ISTIO_CRDS = Path(os.environ.get("ISTIO_CRDS", SHARED_SCHEMAS / "istio-crds.gen.yaml"))
 
 KUBERNETES_VERSION = "1.32.0"
 """Schemas of this Kubernetes release (kubernetes-validate ships 1.25 onwards); the manifests need >= 1.30
@@ -152,8 +153,6 @@ def load_script(path: Path, name: str) -> ModuleType:
     return module
 
 
-
-
 def crd_validators(crds: list[Object]) -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     """(apiVersion, kind) -> strict validator of the CRD's openAPIV3Schema, for every served version."""
     validators: dict[tuple[str, str], jsonschema.protocols.Validator] = {}
@@ -181,7 +180,12 @@ def istio_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
 
 
 def project_crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
-    return crd_validators(build("crds"))
+    return crd_validators(project_crds())
+
+
+def project_crds() -> list[Object]:
+    """The CustomResourceDefinitions of mesh_manifests/crds (without the admission policy shipped beside them)."""
+    return [o for o in build("crds") if o["kind"] == "CustomResourceDefinition"]
 
 
 def errors(validator: jsonschema.protocols.Validator, obj: Object) -> list[str]:

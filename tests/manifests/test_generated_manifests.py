@@ -22,6 +22,7 @@ from manifest_support import (
     find,
     load_generator,
     project_crd_validators,
+    project_crds,
 )
 
 from authz_server.envoy.bootstrap import EXT_AUTHZ_CLUSTER, EXT_AUTHZ_FILTER, SPIRE_AGENT_CLUSTER
@@ -50,7 +51,7 @@ def test_generator_check_mode_reports_a_hand_edited_file(tmp_path: Path) -> None
 def test_crds_publish_the_policy_stages_own_schemas() -> None:
     from authz_server.policy import schema
 
-    crds = {crd["spec"]["names"]["kind"]: crd for crd in build("crds")}
+    crds = {crd["spec"]["names"]["kind"]: crd for crd in project_crds()}
     assert set(crds) == {"AllowedCalls", "Quarantine"}
     for kind, spec_schema in (("AllowedCalls", schema.allowed_calls_openapi_schema()),
                               ("Quarantine", schema.quarantine_openapi_schema())):  # fmt: skip
@@ -58,7 +59,11 @@ def test_crds_publish_the_policy_stages_own_schemas() -> None:
         assert crd["spec"]["group"] == schema.API_GROUP
         (version,) = crd["spec"]["versions"]
         assert version["name"] == schema.API_VERSION and version["served"] and version["storage"]
-        assert version["schema"]["openAPIV3Schema"]["properties"]["spec"] == spec_schema
+        published = dict(version["schema"]["openAPIV3Schema"]["properties"]["spec"])
+        # The CEL rules are the API server's form of checks the server makes in Python (schema.py keeps both).
+        rules = published.pop("x-kubernetes-validations", [])
+        assert published == spec_schema
+        assert rules == ([dict(r) for r in schema.ALLOWED_CALLS_CEL_RULES] if kind == "AllowedCalls" else [])
 
 
 def structural_problems(node: Any, where: str = "spec") -> list[str]:
@@ -66,8 +71,10 @@ def structural_problems(node: Any, where: str = "spec") -> list[str]:
     problems = []
     if not isinstance(node, dict):
         return [f"{where}: not a schema object"]
-    if "type" not in node and not node.get("x-kubernetes-int-or-string") and not node.get(
-        "x-kubernetes-preserve-unknown-fields"
+    if (
+        "type" not in node
+        and not node.get("x-kubernetes-int-or-string")
+        and not node.get("x-kubernetes-preserve-unknown-fields")
     ):
         problems.append(f"{where}: no type")
     if "properties" in node and "additionalProperties" in node:
@@ -85,14 +92,14 @@ def structural_problems(node: Any, where: str = "spec") -> list[str]:
 
 
 def test_crd_schemas_are_structural() -> None:
-    for crd in build("crds"):
+    for crd in project_crds():
         (version,) = crd["spec"]["versions"]
         problems = structural_problems(version["schema"]["openAPIV3Schema"], crd["metadata"]["name"])
         assert not problems, "\n".join(problems)
 
 
 def test_structural_check_notices_an_untyped_node() -> None:
-    crd = copy.deepcopy(build("crds")[0])
+    crd = copy.deepcopy(project_crds()[0])
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     del spec["properties"]["rules"]["type"]
     assert structural_problems(spec)
@@ -194,9 +201,16 @@ def cluster(config: Object, name: str) -> Object:
 
 def test_envoy_sidecar_calls_the_servers_service_and_fails_closed() -> None:
     config = bootstrap()
-    service = find(build("overlays/envoy"), "Service", "authz-server")
+    service = find(build("overlays/envoy"), "Service", "authz-server-headless")
+    # Every ready server pod is a host, re-resolved every few seconds, connections renewed: new replicas get
+    # Checks from sidecars that started before them.
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == find(build("overlays/envoy"), "Service", "authz-server")["spec"]["selector"]
     ext_authz = cluster(config, EXT_AUTHZ_CLUSTER)
     assert ext_authz["type"] == "STRICT_DNS"
+    assert ext_authz["dns_refresh_rate"] == "5s"
+    options = ext_authz["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert options["common_http_protocol_options"]["max_connection_duration"] == "300s"
     (endpoint,) = ext_authz["load_assignment"]["endpoints"][0]["lb_endpoints"]
     address = endpoint["endpoint"]["address"]["socket_address"]
     namespace = service["metadata"]["namespace"]
@@ -225,8 +239,17 @@ def test_envoy_sidecar_gets_its_svid_from_the_mounted_spire_socket() -> None:
     config_map_name = volumes[mounts[str(config_path.parent)]]["configMap"]["name"]
     config_map = find(build("overlays/envoy"), "ConfigMap", config_map_name)
     assert yaml.safe_load(config_map["data"][config_path.name]) == config
-    listener_port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
-    assert [p["containerPort"] for p in envoy["ports"]] == [listener_port]
+    ports = [
+        listener["address"]["socket_address"]["port_value"] for listener in config["static_resources"]["listeners"]
+    ]
+    assert [p["containerPort"] for p in envoy["ports"]] == ports
+    # Ready only when the readiness listener answers, i.e. once Envoy holds its SDS secrets.
+    probe = envoy["readinessProbe"]["httpGet"]
+    (ready_port,) = [p["containerPort"] for p in envoy["ports"] if p["name"] == probe["port"]]
+    (readiness,) = [lst for lst in config["static_resources"]["listeners"] if lst["name"] == "readiness"]
+    assert readiness["address"]["socket_address"]["port_value"] == ready_port and probe["path"] == "/ready"
+    # One worker per node hardware thread otherwise.
+    assert envoy["args"][envoy["args"].index("--concurrency") + 1] == "2"
 
 
 def envoy_binary() -> str:

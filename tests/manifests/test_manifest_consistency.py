@@ -211,12 +211,25 @@ def test_network_policy_protects_the_server_pods(objects: list[Object]) -> None:
     assert not network_policy_admits(policy, grpc, monitoring, {"app": "prometheus"})
 
 
-def test_istio_network_policy_admits_sidecar_injected_pods_only() -> None:
+def test_istio_network_policy_admits_sidecars_and_gateways_only() -> None:
     policy = find(build("overlays/istio"), "NetworkPolicy", SERVER)
     namespace = {"kubernetes.io/metadata.name": "payments", "istio-injection": "enabled"}
     # The label Istio's injector puts on every pod it gives a sidecar.
     assert network_policy_admits(policy, 9191, namespace, {"app": "payments", "security.istio.io/tlsMode": "istio"})
     assert not network_policy_admits(policy, 9191, namespace, {"app": "payments"})
+    # Gateways carry no tlsMode label: the classic ingress gateway, and Gateway API gateways (and waypoints).
+    system = {"kubernetes.io/metadata.name": "istio-system"}
+    assert network_policy_admits(policy, 9191, system, {"app": "istio-ingressgateway", "istio": "ingressgateway"})
+    gateway_api = {"gateway.networking.k8s.io/gateway-name": "public", "istio.io/gateway-name": "public"}
+    assert network_policy_admits(policy, 9191, {"kubernetes.io/metadata.name": "edge"}, gateway_api)
+
+
+def test_istio_network_policy_lets_monitoring_scrape_the_sidecars_merged_metrics() -> None:
+    policy = find(build("overlays/istio"), "NetworkPolicy", SERVER)
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    for port in (15020, 15090):
+        assert network_policy_admits(policy, port, monitoring, {"app": "prometheus"})
+        assert not network_policy_admits(policy, port, {"kubernetes.io/metadata.name": "default"}, {})
 
 
 def test_envoy_network_policy_admits_the_example_workloads_sidecar() -> None:
@@ -275,7 +288,7 @@ def test_envoy_filter_adds_the_peer_certificate_to_istios_ext_authz_filter() -> 
     envoy_filter = find(build("overlays/istio"), "EnvoyFilter")
     assert envoy_filter["metadata"]["namespace"] == "istio-system"
     assert "workloadSelector" not in envoy_filter["spec"]
-    (patch,) = envoy_filter["spec"]["configPatches"]
+    patch, chain = envoy_filter["spec"]["configPatches"]
     assert patch["applyTo"] == "HTTP_FILTER"
     assert patch["match"]["context"] == "SIDECAR_INBOUND"
     assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == EXT_AUTHZ_FILTER
@@ -283,6 +296,15 @@ def test_envoy_filter_adds_the_peer_certificate_to_istios_ext_authz_filter() -> 
     typed: dict[str, Any] = patch["patch"]["value"]["typed_config"]
     assert typed["@type"].endswith("filters.http.ext_authz.v3.ExtAuthz")
     assert typed["include_peer_certificate"] is True
+    # The chain, for leaves under an intermediate CA: in the XFCC element the sidecar appends.
+    assert chain["applyTo"] == "NETWORK_FILTER" and chain["match"]["context"] == "SIDECAR_INBOUND"
+    assert (
+        chain["match"]["listener"]["filterChain"]["filter"]["name"] == "envoy.filters.network.http_connection_manager"
+    )
+    assert chain["patch"]["operation"] == "MERGE"
+    hcm = chain["patch"]["value"]["typed_config"]
+    assert hcm["@type"].endswith("http_connection_manager.v3.HttpConnectionManager")
+    assert hcm["set_current_client_cert_details"] == {"chain": True}
 
 
 def test_istio_server_pod_and_peer_authentication() -> None:

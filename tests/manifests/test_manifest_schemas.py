@@ -49,9 +49,7 @@ def validate_object(obj: Object) -> list[str]:
 def test_every_object_of_every_kustomization_is_valid(kustomization: str) -> None:
     objects = build(kustomization)
     assert objects, f"{kustomization} rendered nothing"
-    problems = [
-        f"{o['kind']}/{o['metadata']['name']}: {problem}" for o in objects for problem in validate_object(o)
-    ]
+    problems = [f"{o['kind']}/{o['metadata']['name']}: {problem}" for o in objects for problem in validate_object(o)]
     assert not problems, "\n".join(problems)
 
 
@@ -59,9 +57,7 @@ def test_every_object_of_every_kustomization_is_valid(kustomization: str) -> Non
 def test_overlays_with_the_retraining_component_are_valid(overlay: str) -> None:
     objects = build_with_components(overlay, "components/retraining")
     find(objects, "CronJob", "authz-server-retrain")
-    problems = [
-        f"{o['kind']}/{o['metadata']['name']}: {problem}" for o in objects for problem in validate_object(o)
-    ]
+    problems = [f"{o['kind']}/{o['metadata']['name']}: {problem}" for o in objects for problem in validate_object(o)]
     assert not problems, "\n".join(problems)
 
 
@@ -83,7 +79,14 @@ def test_istio_validation_catches_a_wrong_value_and_a_misplaced_field() -> None:
 
 
 def test_every_namespaced_object_names_its_namespace() -> None:
-    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterSPIFFEID", "ClusterFederatedTrustDomain"}
+    cluster_scoped = {
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterSPIFFEID",
+        "ClusterFederatedTrustDomain",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     for kustomization in KUSTOMIZATIONS:
         for obj in build(kustomization):
             if obj["kind"] not in cluster_scoped:
