@@ -15,6 +15,7 @@ from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, ext
 
 CheckRequest = external_auth_pb2.CheckRequest
 
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     """One side of the connection as Envoy saw it."""
@@ -62,6 +63,43 @@ def _split_target(target: str, query: str) -> tuple[str, str]:
         return target, query
     path, _, rest = target.partition("#")[0].partition("?")
     return path, query or rest
+
+
+def check_request(
+    *,
+    method: str,
+    target: str,
+    source_principal: str = "",
+    source_address: str = "",
+    destination_principal: str = "",
+    headers: Mapping[str, str] | None = None,
+    context_extensions: Mapping[str, str] | None = None,
+    request_id: str = "",
+    host: str = "",
+    scheme: str = "",
+    protocol: str = "",
+    size: int = -1,
+    received_at: float = 0.0,
+) -> CheckRequest:
+    """A CheckRequest as Envoy would send it, for tools that decide calls offline (explain, policy test, replay).
+
+    They turn it into a Call with `parse_call`, the request path's own parser: one way to build a Call.
+    """
+    request = CheckRequest()
+    attributes = request.attributes
+    attributes.source.principal = source_principal
+    attributes.source.address.socket_address.address = source_address
+    attributes.destination.principal = destination_principal
+    attributes.context_extensions.update(context_extensions or {})
+    http = attributes.request.http
+    http.id, http.method, http.path, http.host, http.scheme, http.protocol = (
+        request_id, method.upper(), target, host, scheme, protocol
+    )  # fmt: skip
+    http.size = size
+    http.headers.update({name.lower(): value for name, value in (headers or {}).items()})
+    if received_at > 0:
+        attributes.request.time.FromNanoseconds(int(received_at * 1e9))
+    return request
 
 
 def parse_call(request: external_auth_pb2.CheckRequest) -> Call:

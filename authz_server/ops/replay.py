@@ -21,7 +21,7 @@ from authz_server.decision import Decision, decide
 from authz_server.identity.result import Identity
 from authz_server.ops.logfile import ReadStats
 from authz_server.ops.reconstruct import NotReplayable, has_redacted_headers, logged_call, logged_identity, logged_risk
-from authz_server.policy.outcome import Mode, PolicyOutcome
+from authz_server.policy.outcome import PolicyOutcome
 from authz_server.risk.bands import band_for
 from authz_server.risk.config import RiskConfig
 from authz_server.risk.outcome import RiskAction, RiskOutcome, RiskStatus
@@ -132,7 +132,7 @@ class Replayer:
         self, record: Mapping[str, Any], identity: Identity, policy: PolicyOutcome, report: ReplayReport
     ) -> tuple[RiskOutcome | None, str]:
         logged = logged_risk(record)
-        if not (policy.allowed or policy.mode is Mode.DRY_RUN):
+        if not policy.allowed:
             return logged, ""  # refused by policy: risk never tightens a denial, so it is irrelevant
         if logged is None:
             report.unscored += 1

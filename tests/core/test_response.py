@@ -26,7 +26,7 @@ def _caller(name: str) -> Identity:
 
 
 ALLOWED = PolicyOutcome(True, PolicyReason.ALLOWED, "3f2a9c", document="shop/payments", rule="charges")
-DRY_RUN = PolicyOutcome(False, PolicyReason.NO_MATCHING_RULE, "3f2a9c", document="shop/payments",
+DRY_RUN = PolicyOutcome(True, PolicyReason.NO_MATCHING_RULE, "3f2a9c", document="shop/payments",
                         mode=Mode.DRY_RUN)  # fmt: skip
 REFUSED = PolicyOutcome(False, PolicyReason.NO_MATCHING_RULE, "3f2a9c", document="shop/payments")
 FACTORS = (RiskFactor("new_edge", 0.5), RiskFactor("route_rarity", 0.25), RiskFactor("size_vs_norm", 0.125))
