@@ -228,5 +228,3 @@ class PolicySet:
             allow.on_risk_timeout,
             allow.risk_shadow,
         )
-
-

@@ -143,8 +143,9 @@ def test_grant_writes_a_time_boxed_declaration(policies: Path, capsys: pytest.Ca
     expires = dt.datetime.fromisoformat(rule["expires"]).timestamp()
     assert before + 900 - 2 <= expires <= time.time() + 900
     merged = load_policies([str(policies)])
-    assert decide(merged, STRANGER, "GET", "/v1/charges/c1").document == document["metadata"]["namespace"] + "/" + (
-        document["metadata"]["name"]
+    assert (
+        decide(merged, STRANGER, "GET", "/v1/charges/c1").document
+        == document["metadata"]["namespace"] + "/" + (document["metadata"]["name"])
     )
     assert not decide(merged, STRANGER, "GET", "/v1/charges/c1", now=expires).allowed
     assert run("policy", "validate", str(policies)) == 0
@@ -179,3 +180,54 @@ def test_registered_on_the_authz_server_command(capsys: pytest.CaptureFixture[st
 
     assert main(["policy", "validate", str(EXAMPLES)]) == 0
     assert capsys.readouterr().out.startswith("ok: ")
+
+
+def test_validate_strict_never_calls_a_stricter_rule_evaluation_picks_shadowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prefix grant followed by a stricter exact-id grant: evaluation tries the exact-id rule first."""
+    spec = f"""
+        workload: {PAYMENTS}
+        rules:
+          - name: everyone
+            from: [{{prefix: "spiffe://example.org/*"}}]
+            to: [{{methods: [GET], paths: ["/v1/**"]}}]
+            maxRisk: 0.9
+          - name: checkout-strict
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/charges]}}]
+            maxRisk: 0.2
+        """
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    write(directory, "p.yaml", allowed_calls("p", spec))
+    assert decide(load_policies([str(directory)]), CHECKOUT, "GET", "/v1/charges").max_risk == 0.2
+    assert run("policy", "validate", "--strict", str(directory)) == 0, capsys.readouterr().out
+    assert "shadowed" not in capsys.readouterr().out
+
+
+def test_validate_says_when_a_rule_tried_first_overrides_risk_terms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = f"""
+        workload: {PAYMENTS}
+        rules:
+          - name: checkout-all
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: ["/v1/**"]}}]
+          - name: checkout-strict
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/charges]}}]
+            maxRisk: 0.2
+          - name: checkout-again
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/refunds]}}]
+        """
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    write(directory, "p.yaml", allowed_calls("p", spec))
+    assert decide(load_policies([str(directory)]), CHECKOUT, "GET", "/v1/charges").rule == "checkout-all"
+    assert run("policy", "validate", "--strict", str(directory)) == 1
+    out = capsys.readouterr().out
+    assert "rule 'checkout-strict' never decides: rule 'checkout-all'" in out
+    assert "rule 'checkout-again' is shadowed: rule 'checkout-all'" in out

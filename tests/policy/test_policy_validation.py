@@ -157,7 +157,7 @@ def test_warnings_do_not_block_loading(tmp_path: Path) -> None:
             from: [{{prefix: "spiffe://example.org/*"}}]
             to: [{{methods: [GET], paths: ["/a/**"]}}]
           - name: narrow
-            from: [{{id: {CHECKOUT}}}]
+            from: [{{prefix: "spiffe://example.org/*"}}]
             to: [{{methods: [GET], paths: [/a/c]}}]
           - name: hidden
             from: [{{id: {CHECKOUT}}}]
