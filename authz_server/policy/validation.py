@@ -140,13 +140,28 @@ class _Checker:
         base = text[:-2]  # without "/*"
         return None if self.spiffe_id(path, base) is None else base + "/"
 
+    def time(self, path: JsonPath, text: str) -> float | None:
+        """An RFC 3339 time with a UTC offset, or an error naming the key (the schema's format is not enforced)."""
+        moment = parse_time(text)
+        if moment is None:
+            example = "2030-01-01T00:00:00Z"
+            self.error(path, f"{_where(path)}: {text!r} is not an RFC 3339 time with a UTC offset, e.g. {example}")
+        return moment
+
+    def test_times(self) -> None:
+        """AllowedCallsTest `spec.at` and each case's `at`: a time that does not parse never silently means now."""
+        spec = self.doc.data["spec"]
+        if "at" in spec:
+            self.time(("spec", "at"), spec["at"])
+        for index, case in enumerate(spec["cases"]):
+            if "at" in case:
+                self.time(("spec", "cases", index, "at"), case["at"])
+
     def expiry(self, path: JsonPath, text: str | None, what: str) -> float | None:
         if text is None:
             return None
-        moment = parse_time(text)
+        moment = self.time(path, text)
         if moment is None:
-            example = "2026-12-01T00:00:00Z"
-            self.error(path, f"{_where(path)}: {text!r} is not an RFC 3339 time with a UTC offset, e.g. {example}")
             return None
         message = f"{what} expired at {text}: it no longer matches anything; remove it"
         self.expiring.append((moment, Problem(self.doc.file, self.doc.line(path), message, Severity.WARNING)))
@@ -383,6 +398,7 @@ def validate_file(name: str, content: bytes) -> FileResult:
         if header is not None and checker.against_schema(header[0]):
             kind, doc_id = header
             if kind == schema.ALLOWED_CALLS_TEST:
+                checker.test_times()
                 tests.append(doc)
             else:
                 built = _BUILDERS[kind](checker, doc_id)

@@ -231,3 +231,54 @@ def test_validate_says_when_a_rule_tried_first_overrides_risk_terms(
     out = capsys.readouterr().out
     assert "rule 'checkout-strict' never decides: rule 'checkout-all'" in out
     assert "rule 'checkout-again' is shadowed: rule 'checkout-all'" in out
+
+
+def _case_file(directory: Path, spec_at: str, case_at: str | None, expect: str) -> None:
+    grant = f"""
+        workload: {PAYMENTS}
+        rules:
+          - name: launch-window
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/charges]}}]
+            expires: 2020-01-01T00:00:00Z
+        """
+    case_at_line = f"\n      at: {case_at}" if case_at is not None else ""
+    test = f"""apiVersion: authz-server.dev/v1alpha1
+kind: AllowedCallsTest
+metadata: {{name: t, namespace: payments}}
+spec:
+  at: {spec_at}
+  cases:
+    - name: during the launch window{case_at_line}
+      from: {CHECKOUT}
+      to: {PAYMENTS}
+      method: GET
+      path: /v1/charges
+      expect: {expect}
+"""
+    directory.mkdir(exist_ok=True)
+    write(directory, "grant.yaml", allowed_calls("grant", grant))
+    (directory / "grant.test.yaml").write_text(test)
+
+
+@pytest.mark.parametrize(("spec_at", "case_at"), [("not-a-time", None), ("2019-06-01T00:00:00Z", "yesterday")])
+def test_an_unparsable_test_time_is_an_error_naming_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spec_at: str, case_at: str | None
+) -> None:
+    directory = tmp_path / "policies"
+    _case_file(directory, spec_at, case_at, "allow")
+    key = "spec.at" if case_at is None else "spec.cases[0].at"
+    bad = spec_at if case_at is None else case_at
+    assert run("policy", "validate", str(directory)) == 1
+    assert f"{key}: {bad!r} is not an RFC 3339 time" in capsys.readouterr().out
+    assert run("policy", "test", str(directory)) == 1
+    assert f"{key}: {bad!r} is not an RFC 3339 time" in capsys.readouterr().out
+
+
+def test_the_epoch_is_a_time_not_now(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The grant expired in 2020: as of 1970 it is live, as of now it is not."""
+    directory = tmp_path / "policies"
+    _case_file(directory, "1970-01-01T00:00:00Z", None, "allow")
+    assert run("policy", "test", str(directory)) == 0, capsys.readouterr().out
+    _case_file(directory, "2019-06-01T00:00:00Z", "1970-01-01T00:00:00Z", "allow")
+    assert run("policy", "test", str(directory)) == 0, capsys.readouterr().out

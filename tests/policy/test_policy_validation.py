@@ -100,7 +100,7 @@ def test_semantic_problems(tmp_path: Path) -> None:
         "bad.yaml:22: rule 'one': maxRisk and onRiskTimeout only apply to allow rules",
         "bad.yaml:22: rule name 'one' is already used at line 9",
         "bad.yaml:27: spec.rules[1].expires: '2020-01-01' is not an RFC 3339 time with a UTC offset, "
-        "e.g. 2026-12-01T00:00:00Z",
+        "e.g. 2030-01-01T00:00:00Z",
     ]
 
 
