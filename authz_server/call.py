@@ -11,9 +11,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from google.protobuf.message import DecodeError
+
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 CheckRequest = external_auth_pb2.CheckRequest
+
+
+class MalformedRequest(ValueError):
+    """The bytes received are not a CheckRequest. The message is plain words, safe to send back to the client."""
+
+
+def decode_request(data: bytes) -> CheckRequest:
+    """The CheckRequest in `data`, or MalformedRequest: protobuf's own error names its classes and wire internals."""
+    try:
+        return CheckRequest.FromString(data)
+    except DecodeError:
+        raise MalformedRequest("the request is not a valid envoy.service.auth.v3.CheckRequest message") from None
 
 
 @dataclass(frozen=True, slots=True)
