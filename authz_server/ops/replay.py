@@ -137,9 +137,15 @@ class Replayer:
         if logged is None:
             report.unscored += 1
             return None, "not scored at the time (policy refused it then): no risk objection assumed"
-        if self.model is None or logged.status is not RiskStatus.SCORED or not logged.features:
+        if logged.status is not RiskStatus.SCORED or logged.score is None:
             return logged, ""
-        score, _errors = self.model.score(list(logged.features))
+        # Without a candidate model the logged score stands, but the candidate's risk terms (maxRisk, shadow)
+        # still decide what it does: a lowered ceiling must show up as changed verdicts.
+        score = logged.score
+        model_version = logged.model_version
+        if self.model is not None and logged.features:
+            score, _errors = self.model.score(list(logged.features))
+            model_version = self.model.version
         band, action = self.bands.classify(score, policy)
         logged_policy = record.get("policy") or {}
         # Shadow came either from the declaration (which the candidate may change) or from the server.
@@ -150,7 +156,7 @@ class Replayer:
                 score=score,
                 band=band,
                 action=action,
-                model_version=self.model.version,
+                model_version=model_version,
                 shadow=server_shadow or policy.risk_shadow,
             ),
             "",
