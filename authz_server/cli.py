@@ -87,7 +87,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_went_away()
     return result
+
+
+def _reader_went_away() -> int:
+    """`authz-server incidents --json | head`: the reader closed the pipe. Stop quietly, as a SIGPIPE would."""
+    # Python flushes stdout again at exit; pointing it at /dev/null keeps that flush from raising too.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13  # the shell's status for a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

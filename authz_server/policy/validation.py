@@ -382,6 +382,25 @@ _BUILDERS: dict[str, Callable[[_Checker, str], Declaration | QuarantineList | No
 }
 
 
+def _semantics_despite_schema_errors(checker: _Checker, kind: str, doc_id: str) -> None:
+    """Report the semantic problems of a document the schema refused too, so one run shows them all.
+
+    The document is refused whatever this finds. Its structure is known to be off somewhere, so the checks run
+    best-effort (one that trips over the structure stops, its findings so far kept), and a line the schema
+    already faulted keeps only the schema's message.
+    """
+    faulted = {problem.line for problem in checker.problems}
+    extra = _Checker(checker.doc)
+    try:
+        if kind == schema.ALLOWED_CALLS_TEST:
+            extra.test_times()
+        else:
+            _BUILDERS[kind](extra, doc_id)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        pass
+    checker.problems.extend(p for p in extra.problems if p.line not in faulted and p.severity is Severity.ERROR)
+
+
 def validate_file(name: str, content: bytes) -> FileResult:
     try:
         text = content.decode("utf-8")
@@ -395,17 +414,20 @@ def validate_file(name: str, content: bytes) -> FileResult:
     for doc in documents:
         checker = _Checker(doc)
         header = checker.header()
-        if header is not None and checker.against_schema(header[0]):
+        if header is not None:
             kind, doc_id = header
-            if kind == schema.ALLOWED_CALLS_TEST:
-                checker.test_times()
-                tests.append(doc)
+            if checker.against_schema(kind):
+                if kind == schema.ALLOWED_CALLS_TEST:
+                    checker.test_times()
+                    tests.append(doc)
+                else:
+                    built = _BUILDERS[kind](checker, doc_id)
+                    if isinstance(built, Declaration):
+                        declarations.append(built)
+                    elif isinstance(built, QuarantineList):
+                        quarantines.append(built)
             else:
-                built = _BUILDERS[kind](checker, doc_id)
-                if isinstance(built, Declaration):
-                    declarations.append(built)
-                elif isinstance(built, QuarantineList):
-                    quarantines.append(built)
+                _semantics_despite_schema_errors(checker, kind, doc_id)
         problems.extend(checker.problems)
         expiring.extend(checker.expiring)
     return FileResult(tuple(declarations), tuple(quarantines), tuple(tests), tuple(problems), tuple(expiring))

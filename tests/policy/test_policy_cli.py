@@ -282,3 +282,48 @@ def test_the_epoch_is_a_time_not_now(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert run("policy", "test", str(directory)) == 0, capsys.readouterr().out
     _case_file(directory, "2019-06-01T00:00:00Z", "1970-01-01T00:00:00Z", "allow")
     assert run("policy", "test", str(directory)) == 0, capsys.readouterr().out
+
+
+def test_grant_into_a_missing_directory_is_an_error_not_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "grants"
+    assert run("grant", "--from", STRANGER, "--to", PAYMENTS, "--method", "GET", "--path", "/v1/charges/*",
+               "--ttl", "15m", "--out", f"{out}/") == 2  # fmt: skip
+    assert f"--out {out}/: no such directory" in capsys.readouterr().err
+    assert not out.exists()
+    assert run("grant", "--from", STRANGER, "--to", PAYMENTS, "--method", "GET", "--path", "/v1/charges/*",
+               "--ttl", "15m", "--out", f"{out}/g.yaml") == 2  # fmt: skip
+    assert f"directory {out} does not exist" in capsys.readouterr().err
+
+
+def test_explain_without_policies_says_what_it_looked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run("policy", "explain", "--from", CHECKOUT, "--to", PAYMENTS, "--method", "GET", "--path", "/") == 2
+    err = capsys.readouterr().err
+    assert "./policies (the default) does not exist here" in err and "--policies" in err
+
+
+def test_validate_reports_schema_and_semantic_problems_in_one_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = f"""
+        workload: {PAYMENTS}
+        rules:
+          - name: typo
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/x]}}]
+            maxRisc: 0.2
+          - name: bad-caller
+            from: [{{id: "spiffe://Example.ORG/ns/a/sa/b"}}]
+            to: [{{methods: [GET], paths: [/v1/y]}}]
+            expires: next-week
+        """
+    write(tmp_path, "p.yaml", allowed_calls("p", spec))
+    assert run("policy", "validate", str(tmp_path)) == 1
+    out = capsys.readouterr().out
+    assert "unknown key 'maxRisc'" in out
+    assert "write the SPIFFE ID as spiffe://example.org/ns/a/sa/b" in out
+    assert "'next-week' is not an RFC 3339 time" in out
