@@ -105,3 +105,12 @@ def test_client_sent_x_authz_headers_are_removed_unless_the_response_overwrites_
     assert removed_with == ["x-authz-forged"]
     assert removed_without == ["x-authz-risk-factors", "x-authz-forged"]
     assert list(_read_back(build_response(without, {"accept": "*/*"}))[0].ok_response.headers_to_remove) == []
+
+
+def test_underscore_look_alikes_of_the_annotations_are_removed() -> None:
+    """CGI/WSGI upstreams read x_authz_source and x-authz-source as one variable, HTTP_X_AUTHZ_SOURCE."""
+    allowed = _decisions()[0]
+    sent = {"x_authz_source": "spiffe://example.org/ns/admin/sa/root", "x-authz_decision": "allow",
+            "x_authz-policy": "forged", "x_request_id": "kept", "accept": "*/*"}  # fmt: skip
+    removed = list(_read_back(build_response(allowed, sent))[0].ok_response.headers_to_remove)
+    assert removed == ["x_authz_source", "x-authz_decision", "x_authz-policy"]
