@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 from manifest_support import MANIFESTS, ROOT, build, build_path, container, find
 
 GUIDE = MANIFESTS / "README.md"
@@ -55,8 +54,7 @@ def test_retraining_job_command_exists_and_the_seed_model_ships_in_the_package()
         [sys.executable, "-m", "authz_server", "model", "train", "--help"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    if probe.returncode != 0:
-        pytest.skip("`authz-server model train` is not available yet (the risk stage is being written)")
+    assert probe.returncode == 0, probe.stderr
     assert "--baseline" in probe.stdout and "--out" in probe.stdout
     from importlib.resources import files
 
