@@ -65,8 +65,8 @@ class StageSources:
         return readers
 
 
-def _stage_version(stage: Any) -> str:
-    return str(getattr(stage, "version", None) or getattr(stage, "model_version", None) or "?")
+def _stage_version(stage: IdentityStage | PolicyStage | RiskStage | None) -> str:
+    return stage.version if stage is not None else "-"
 
 
 def load_authorizer(
