@@ -46,6 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from authz_server.dev.check import add_commands as add_check_commands
     from authz_server.ops.cli import add_commands as add_ops_commands
     from authz_server.policy.cli import add_commands as add_policy_commands
     from authz_server.risk.cli import add_commands as add_risk_commands
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory (certificates, logs)")
     demo.set_defaults(handler=_demo)
 
+    add_check_commands(commands)
     add_policy_commands(commands)
     add_risk_commands(commands)
     add_ops_commands(commands)

@@ -53,7 +53,8 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if errors or (args.strict and warnings) else 0
 
 
-def _headers(pairs: list[str]) -> dict[str, str]:
+def header_pairs(pairs: list[str]) -> dict[str, str]:
+    """Repeated --header NAME=VALUE options as Envoy would send them (names in lower case)."""
     headers = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -70,7 +71,7 @@ def _explain(args: argparse.Namespace) -> int:
         SpiffeId(args.caller)
         if args.callee.startswith("spiffe://"):
             SpiffeId(args.callee)
-        headers = _headers(args.header)
+        headers = header_pairs(args.header)
     except Exception as exc:
         return _fail(str(exc))
     if args.policies is None and not Path(DEFAULT_POLICIES).exists():
