@@ -59,3 +59,13 @@ def test_retraining_job_command_exists_and_the_seed_model_ships_in_the_package()
     from importlib.resources import files
 
     assert (files("authz_server.risk") / "models" / "default.onnx").is_file()
+
+
+def test_the_observability_readme_recommends_the_probes_the_deployment_uses() -> None:
+    import yaml
+
+    readme = (ROOT / "authz_server" / "observability" / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.DOTALL)
+    recommended = next(yaml.safe_load(b) for b in blocks if "readinessProbe" in b)
+    server = container(find(build("base"), "Deployment", "authz-server")["spec"]["template"]["spec"], "authz-server")
+    assert recommended == {k: server[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
