@@ -107,13 +107,17 @@ def check_request(
     attributes.context_extensions.update(context_extensions or {})
     http = attributes.request.http
     http.id, http.method, http.path, http.host, http.scheme, http.protocol = (
-        request_id, method.upper(), target, host, scheme, protocol
+        request_id, method, target, host, scheme, protocol
     )  # fmt: skip
     http.size = size
     http.headers.update({name.lower(): value for name, value in (headers or {}).items()})
-    if received_at > 0:
+    if 0 < received_at < _LATEST_TIMESTAMP:  # also false for NaN; parse_call then reads the clock, as with Envoy
         attributes.request.time.FromNanoseconds(int(received_at * 1e9))
     return request
+
+
+_LATEST_TIMESTAMP = 253402300800.0
+"""0001-01-01 to 9999-12-31 is all google.protobuf.Timestamp can hold; this is its end in Unix seconds."""
 
 
 def parse_call(request: external_auth_pb2.CheckRequest) -> Call:

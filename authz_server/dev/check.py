@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"authz-server: {exc}\n")
         return 2
     request = check_request(
-        method=args.method,
+        method=args.method.upper(),
         target=args.path,
         destination_principal=args.to,
         source_address="127.0.0.1",

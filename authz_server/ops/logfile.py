@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from authz_server.audit.record import SCHEMA_VERSION
+
+MAX_LINE_CHARS = 1 << 20
+"""A longer line is skipped unread: the server writes lines of a few KiB, so 1 MiB is never a decision, and
+reading it whole would let one garbled file (a missing newline, a binary blob) fill memory."""
 
 
 class LogReadError(ValueError):
@@ -44,6 +50,44 @@ def _open(path: str) -> TextIO:
         raise LogReadError(f"cannot read decision log {path}: {exc.strerror}") from exc
 
 
+def _bounded_lines(stream: TextIO, path: str, stats: ReadStats) -> Iterator[str]:
+    """The lines of `stream`, a line longer than MAX_LINE_CHARS skipped (counted, yielded as '') without holding it."""
+    number = 0
+    try:
+        while line := stream.readline(MAX_LINE_CHARS):
+            number += 1
+            if len(line) < MAX_LINE_CHARS or line.endswith("\n"):
+                yield line
+                continue
+            while (rest := stream.readline(MAX_LINE_CHARS)) and not rest.endswith("\n"):
+                pass
+            stats.skip(f"{path}:{number}", f"longer than {MAX_LINE_CHARS} characters")
+            yield ""
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        # A rotated file compressed by a shipper killed mid-write: keep what was read before the damage.
+        stats.skip(f"{path}:{number + 1}", f"compressed file ends early or is corrupt ({exc})")
+
+
+def with_rotated(paths: Iterable[str]) -> list[str]:
+    """`paths` with, before each file, the copies the server's rotation left beside it (`FILE.N` ... `FILE.1`,
+    optionally `.gz`), oldest first; a directory stands for the files in it (names starting with `.` skipped)."""
+    out: list[str] = []
+    for path in paths:
+        if path != "-" and Path(path).is_dir():
+            out.extend(str(p) for p in sorted(Path(path).iterdir()) if p.is_file() and not p.name.startswith("."))
+            continue
+        rotated: list[tuple[int, str]] = []
+        if path != "-":
+            base = Path(path)
+            for sibling in base.parent.glob(f"{glob.escape(base.name)}.*"):
+                number = sibling.name[len(base.name) + 1 :].removesuffix(".gz")
+                if number.isdigit() and sibling.is_file():
+                    rotated.append((int(number), str(sibling)))
+        out.extend(name for _, name in sorted(rotated, reverse=True))
+        out.append(path)
+    return list(dict.fromkeys(out))
+
+
 def read_decisions(paths: Iterable[str], stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
     """Every decision line of `paths`, in file order. Lines that are not decisions are skipped and counted:
     a stdout capture mixes in other output, and a crash can leave a half-written last line."""
@@ -53,7 +97,7 @@ def read_decisions(paths: Iterable[str], stats: ReadStats | None = None) -> Iter
             raise LogReadError(f"cannot read decision log {path}: no such file")
         stream = _open(path)
         try:
-            for number, line in enumerate(stream, 1):
+            for number, line in enumerate(_bounded_lines(stream, path, stats), 1):
                 stats.lines += 1
                 text = line.strip()
                 if not text:

@@ -46,7 +46,7 @@ def logged_call(record: Mapping[str, Any]) -> Call:
             protocol=_text(request.get("protocol")),
             headers={str(k): str(v) for k, v in headers.items()},
             context_extensions={str(k): str(v) for k, v in extensions.items()},
-            size=size if isinstance(size, int) else -1,
+            size=size if isinstance(size, int) and not isinstance(size, bool) and -1 <= size < 2**63 else -1,
             received_at=float(ts) if isinstance(ts, int | float) else 0.0,
         )
     )

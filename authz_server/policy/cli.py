@@ -3,6 +3,7 @@
     authz-server policy validate PATH...
     authz-server policy explain --from ID --to ID --method M --path P [--header K=V] [--policies PATH]
     authz-server policy test PATH...
+    authz-server policy suggest --from LOG... [--policies PATH] [--out DIR]   (suggest_command.py)
     authz-server grant --from ID --to ID --method M --path P --ttl 15m [--out FILE]
 
 Exit status: 0 success, 1 problems found (or a failing test), 2 bad usage.
@@ -191,6 +192,10 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     test.add_argument("paths", nargs="+", metavar="PATH", help="test files or directories")
     test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
     test.set_defaults(handler=_test)
+
+    from authz_server.policy.suggest_command import add_parser as add_suggest
+
+    add_suggest(sub)
 
     grant = commands.add_parser("grant", help="write a time-boxed AllowedCalls declaration (GitOps)")
     grant.add_argument("--from", dest="caller", required=True, metavar="SPIFFE_ID", help="who gets access")

@@ -38,7 +38,7 @@ def synthetic_call(
         source_principal=caller,
         source_address="127.0.0.1",
         destination_principal=callee,
-        method=method,
+        method=method.upper(),
         target=target,
         scheme="https",
         protocol="HTTP/1.1",

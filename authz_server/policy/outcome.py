@@ -54,6 +54,11 @@ class PolicyOutcome:
         return self.mode is Mode.DRY_RUN and self.reason is not PolicyReason.ALLOWED
 
     @property
+    def granted(self) -> bool:
+        """Allowed, and no dry-run document would deny it: the call would go through were every document enforced."""
+        return self.allowed and not self.dry_run_denied
+
+    @property
     def label(self) -> str:
         """`name@version` for the x-authz-policy header."""
         name = self.document or "default-deny"

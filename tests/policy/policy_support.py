@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Mapping
@@ -77,3 +79,9 @@ def decide(
 ) -> PolicyOutcome:
     call, identity = check(caller, method, path, **kwargs)  # type: ignore[arg-type]
     return policies.evaluate(call, identity, time.time() if now is None else now)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`authz-server ARGS...` as a user runs it: a separate process, its output captured."""
+    command = [sys.executable, "-m", "authz_server", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
