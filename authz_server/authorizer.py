@@ -21,7 +21,6 @@ from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.call import Call, parse_call
 from authz_server.decision import Decision, decide
 from authz_server.identity.result import Identity
-from authz_server.policy.outcome import Mode
 from authz_server.response import build_response
 from authz_server.risk.outcome import RISK_DISABLED
 from authz_server.stages import IdentityStage, PolicyStage, RiskStage
@@ -105,7 +104,7 @@ class Authorizer:
             policy = runtime.policy.evaluate(call, identity, now)
             t3 = _ns()
             # Risk only ever tightens a grant, so a call policy already refuses is not scored.
-            if policy.allowed or policy.mode is Mode.DRY_RUN:
+            if policy.allowed:
                 if runtime.risk is None:
                     risk = RISK_DISABLED
                 else:

@@ -11,9 +11,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from google.protobuf.message import DecodeError
+
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 CheckRequest = external_auth_pb2.CheckRequest
+
+
+class MalformedRequest(ValueError):
+    """The bytes received are not a CheckRequest. The message is plain words, safe to send back to the client."""
+
+
+def decode_request(data: bytes) -> CheckRequest:
+    """The CheckRequest in `data`, or MalformedRequest: protobuf's own error names its classes and wire internals."""
+    try:
+        return CheckRequest.FromString(data)
+    except DecodeError:
+        raise MalformedRequest("the request is not a valid envoy.service.auth.v3.CheckRequest message") from None
+
 
 @dataclass(frozen=True, slots=True)
 class Peer:
@@ -62,6 +77,47 @@ def _split_target(target: str, query: str) -> tuple[str, str]:
         return target, query
     path, _, rest = target.partition("#")[0].partition("?")
     return path, query or rest
+
+
+def check_request(
+    *,
+    method: str,
+    target: str,
+    source_principal: str = "",
+    source_address: str = "",
+    destination_principal: str = "",
+    headers: Mapping[str, str] | None = None,
+    context_extensions: Mapping[str, str] | None = None,
+    request_id: str = "",
+    host: str = "",
+    scheme: str = "",
+    protocol: str = "",
+    size: int = -1,
+    received_at: float = 0.0,
+) -> CheckRequest:
+    """A CheckRequest as Envoy would send it, for tools that decide calls offline (explain, policy test, replay).
+
+    They turn it into a Call with `parse_call`, the request path's own parser: one way to build a Call.
+    """
+    request = CheckRequest()
+    attributes = request.attributes
+    attributes.source.principal = source_principal
+    attributes.source.address.socket_address.address = source_address
+    attributes.destination.principal = destination_principal
+    attributes.context_extensions.update(context_extensions or {})
+    http = attributes.request.http
+    http.id, http.method, http.path, http.host, http.scheme, http.protocol = (
+        request_id, method, target, host, scheme, protocol
+    )  # fmt: skip
+    http.size = size
+    http.headers.update({name.lower(): value for name, value in (headers or {}).items()})
+    if 0 < received_at < _LATEST_TIMESTAMP:  # also false for NaN; parse_call then reads the clock, as with Envoy
+        attributes.request.time.FromNanoseconds(int(received_at * 1e9))
+    return request
+
+
+_LATEST_TIMESTAMP = 253402300800.0
+"""0001-01-01 to 9999-12-31 is all google.protobuf.Timestamp can hold; this is its end in Unix seconds."""
 
 
 def parse_call(request: external_auth_pb2.CheckRequest) -> Call:

@@ -46,6 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from authz_server.dev.check import add_commands as add_check_commands
     from authz_server.ops.cli import add_commands as add_ops_commands
     from authz_server.policy.cli import add_commands as add_policy_commands
     from authz_server.risk.cli import add_commands as add_risk_commands
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory (certificates, logs)")
     demo.set_defaults(handler=_demo)
 
+    add_check_commands(commands)
     add_policy_commands(commands)
     add_risk_commands(commands)
     add_ops_commands(commands)
@@ -87,7 +89,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_went_away()
     return result
+
+
+def _reader_went_away() -> int:
+    """`authz-server incidents --json | head`: the reader closed the pipe. Stop quietly, as a SIGPIPE would."""
+    # Python flushes stdout again at exit; pointing it at /dev/null keeps that flush from raising too.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13  # the shell's status for a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

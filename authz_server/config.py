@@ -6,7 +6,11 @@ every problem names its key: ``risk.budget_ms: must be > 0, got -1``.
 
 Key ``risk.budget_ms`` is set by ``AUTHZ_RISK_BUDGET_MS`` and ``--risk-budget-ms``;
 top-level keys such as ``workers`` by ``AUTHZ_WORKERS`` and ``--workers``.
-Mappings and lists of objects (trust domains, say) are YAML-only.
+Lists are written comma-separated or as a YAML flow list (``AUTHZ_POLICY_PATHS=a,b``,
+``--policy-paths a --policy-paths b``), mappings as a YAML flow mapping
+(``AUTHZ_IDENTITY_TRUST_DOMAINS='{example.org: {bundle: /b.pem}}'``). Each
+problem also says where the value came from: ``(in config.yaml)``,
+``(from AUTHZ_WORKERS)``, ``(from --workers)``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +36,7 @@ from authz_server.transport.config import CallersConfig
 ENV_PREFIX = "AUTHZ_"
 PROCESS_VARIABLES = frozenset({"AUTHZ_LOG_LEVEL", "AUTHZ_WORKER_INDEX"})
 """AUTHZ_* variables that steer the process, not the configuration."""
+DEFAULT_ORIGIN = "built-in default"
 
 
 class ConfigError(ValueError):
@@ -78,6 +83,10 @@ class Config:
 
 
 # --- generic machinery -------------------------------------------------------
+#
+# Hand-written rather than pydantic-settings (measured in README, "Configuration reference"): importing
+# pydantic_settings adds ~100 ms (+18%) to every `authz-server` command and worker start, and it merges its
+# sources before validating, so an error could not say whether the value came from the file, a variable or a flag.
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -103,102 +112,144 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(key: str, tp: Any, value: Any, problems: list[str], from_text: bool) -> Any:
-    """Turn a YAML value (or, from_text, an environment/flag string) into tp, or record a problem."""
+def is_structured(tp: Any) -> bool:
+    """Lists and mappings: from a variable or flag they are written as YAML (or, for lists, comma-separated)."""
+    return typing.get_origin(tp) in (list, tuple, dict)
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A value written as text outside the file: an AUTHZ_* variable or a flag (repeated flags give several)."""
+
+    value: str | list[str]
+    origin: str
+
+
+def _from_text(tp: Any, text: str | list[str]) -> Any:
+    """Text from a variable or flag turned into the YAML value it stands for; the same checks then apply."""
     origin = typing.get_origin(tp)
-    bad = object()
+    texts = text if isinstance(text, list) else [text]
+    if origin in (list, tuple):
+        items: list[Any] = []
+        for part in texts:
+            stripped = part.strip()
+            if stripped.startswith("["):
+                loaded = _yaml_text(stripped)
+                items.extend(loaded if isinstance(loaded, list) else [loaded])
+            else:
+                items.extend(v.strip() for v in stripped.split(",") if v.strip())
+        return items
+    last = texts[-1].strip()
+    if origin is dict or _is_dataclass_type(tp):
+        return _yaml_text(last) if last else {}
+    if tp is bool:
+        lowered = last.lower()
+        if lowered in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return lowered in ("1", "true", "yes", "on")
+        return last
+    if tp is int:
+        try:
+            return int(last)
+        except ValueError:
+            return last
+    if tp is float:
+        try:
+            return float(last)
+        except ValueError:
+            return last
+    return last
+
+
+def _yaml_text(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+_INVALID = object()
+
+
+def _coerce(key: str, tp: Any, value: Any, problems: list[str], origin: str) -> Any:
+    """Check a YAML value against tp; returns the typed value, or _INVALID after recording a problem."""
+    type_origin = typing.get_origin(tp)
 
     def fail() -> Any:
-        problems.append(f"{key}: expected {_describe(tp)}, got {value!r}")
-        return bad
+        problems.append(f"{key}: expected {_describe(tp)}, got {value!r} ({origin})")
+        return _INVALID
 
-    if origin in (typing.Union, types.UnionType):
+    if type_origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None or (from_text and value in ("", "null", "none")):
+        if value is None:
             return None if type(None) in args else fail()
-        inner = [a for a in args if a is not type(None)]
-        trial: list[str] = []
-        for arg in inner:
-            result = _coerce(key, arg, value, trial, from_text)
+        for arg in (a for a in args if a is not type(None)):
+            trial: list[str] = []
+            result = _coerce(key, arg, value, trial, origin)
             if not trial:
                 return result
-            trial.clear()
         return fail()
-    if origin is Literal:
+    if type_origin is Literal:
         return value if value in typing.get_args(tp) else fail()
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if from_text and str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return str(value).lower() in ("1", "true", "yes", "on")
-        return fail()
+        return value if isinstance(value, bool) else fail()
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_text:
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        return fail()
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail()
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if from_text:
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        return fail()
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else fail()
     if tp is str:
         return value if isinstance(value, str) else fail()
-    if origin in (list, tuple):
+    if type_origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp)
-        if from_text and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             return fail()
-        items = [_coerce(f"{key}[{i}]", item_tp, v, problems, from_text) for i, v in enumerate(value)]
-        return tuple(items)
-    if origin is dict:
+        items = [_coerce(f"{key}[{i}]", item_tp, v, problems, origin) for i, v in enumerate(value)]
+        return _INVALID if _INVALID in items else tuple(items)
+    if type_origin is dict:
         _, value_tp = typing.get_args(tp)
         if not isinstance(value, Mapping):
             return fail()
-        return {str(k): _coerce(f"{key}.{k}", value_tp, v, problems, from_text) for k, v in value.items()}
+        mapping = {str(k): _coerce(f"{key}.{k}", value_tp, v, problems, origin) for k, v in value.items()}
+        return _INVALID if _INVALID in mapping.values() else mapping
     if _is_dataclass_type(tp):
         if not isinstance(value, Mapping):
             return fail()
-        return _build(tp, value, key, problems)
+        return _build(tp, value, key, problems, origin)
     return fail()
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: list[str]) -> Any:
+def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: list[str], origin: str) -> Any:
+    """An instance of cls from layered data; a key that fails its check keeps its default (and is reported)."""
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for unknown in sorted(set(data) - names):
+    names = [f.name for f in dataclasses.fields(cls)]
+    for unknown in sorted(set(data) - set(names)):
         where = f"{prefix}.{unknown}" if prefix else unknown
-        problems.append(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+        problems.append(f"{where}: unknown key (known: {', '.join(sorted(names))}) ({origin})")
     kwargs = {}
-    for name in names & set(data):
+    for name in names:
+        if name not in data:
+            continue
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(key, hints[name], data[name], problems, from_text=False)
+        value, value_origin = data[name], origin
+        if isinstance(value, _Text):
+            value, value_origin = _from_text(hints[name], value.value), value.origin
+        typed = _coerce(key, hints[name], value, problems, value_origin)
+        if typed is not _INVALID:
+            kwargs[name] = typed
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        problems.append(f"{prefix or 'config'}: {exc}")
+        problems.append(f"{prefix or 'config'}: {exc} ({origin})")
         return cls()
 
 
-def _scalar_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Dotted keys that can be set from text (flags and environment)."""
+def settable_keys(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every dotted key and its type: each is set in the file, by an AUTHZ_* variable and by a flag."""
     for f in dataclasses.fields(cls):
         tp = _hints(cls)[f.name]
         key = f"{prefix}{f.name}"
         if _is_dataclass_type(tp):
-            yield from _scalar_keys(tp, key + ".")
-        elif typing.get_origin(tp) is not dict and not (
-            typing.get_origin(tp) in (list, tuple) and _is_dataclass_type(typing.get_args(tp)[0])
-        ):
+            yield from settable_keys(tp, key + ".")
+        else:
             yield key, tp
 
 
@@ -211,16 +262,20 @@ def flag_name(key: str) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per settable key: --risk-budget-ms, --workers, ..."""
+    """One flag per key: --risk-budget-ms, --workers, ...; list keys may be repeated or comma-separated."""
     parser.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     group = parser.add_argument_group("configuration overrides (also AUTHZ_* environment variables)")
-    for key, tp in _scalar_keys(Config):
-        group.add_argument(
-            flag_name(key), dest=f"cfg:{key}", metavar=key.rsplit(".", 1)[-1].upper(), help=f"{key} ({_describe(tp)})"
-        )
+    for key, tp in settable_keys(Config):
+        metavar = key.rsplit(".", 1)[-1].upper()
+        if typing.get_origin(tp) in (list, tuple):
+            group.add_argument(
+                flag_name(key), dest=f"cfg:{key}", metavar=metavar, action="append", help=f"{key} (repeat, or A,B)"
+            )
+        else:
+            group.add_argument(flag_name(key), dest=f"cfg:{key}", metavar=metavar, help=f"{key} ({_describe(tp)})")
 
 
-def flag_overrides(args: argparse.Namespace) -> dict[str, str]:
+def flag_overrides(args: argparse.Namespace) -> dict[str, str | list[str]]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
 
 
@@ -245,43 +300,77 @@ def _validate_all(obj: Any, prefix: str, problems: list[str]) -> None:
             _validate_all(value, f"{prefix}.{f.name}" if prefix else f.name, problems)
 
 
+def _holds(data: Mapping[str, Any], key: str) -> bool:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _owner(problem: str, keys: Iterable[str]) -> str | None:
+    """The key a problem line is about: the longest key its leading `key:` starts with."""
+    named = problem.split(": ", 1)[0]
+    found = [k for k in keys if named == k or named.startswith(k + ".") or named.startswith(k + "[")]
+    return max(found, key=len, default=None)
+
+
 def load_config(
     path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str | list[str]] | None = None,
 ) -> Config:
+    """The effective configuration: defaults, then the file, then AUTHZ_* variables, then flags.
+
+    Every problem is reported at once, each naming its key and where the value came from.
+    """
     problems: list[str] = []
     data: dict[str, Any] = {}
+    file_origin = "no file"
     if path is not None:
+        file_origin = f"in {path}"
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as exc:
-            raise ConfigError([f"config: cannot read {path}: {exc.strerror}"]) from exc
+            problems.append(f"config: cannot read {path}: {exc.strerror}")
         except yaml.YAMLError as exc:
-            raise ConfigError([f"config: {path} is not valid YAML: {exc}"]) from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError([f"config: {path} must hold a mapping at the top level"])
-        data = loaded
+            problems.append(f"config: {path} is not valid YAML: {exc}")
+        else:
+            if isinstance(loaded, dict):
+                data = loaded
+            else:
+                problems.append(f"config: {path} must hold a mapping at the top level")
 
-    texts: dict[str, str] = {}
-    settable = dict(_scalar_keys(Config))
-    for key in settable:
-        if environ is not None and env_name(key) in environ:
-            texts[key] = environ[env_name(key)]
+    keys = dict(settable_keys(Config))
+    origins = {key: file_origin if _holds(data, key) else DEFAULT_ORIGIN for key in keys}
     if environ is not None:
-        known_env = {env_name(k) for k in settable}
-        for name in environ:
-            if name.startswith(ENV_PREFIX) and name not in known_env and name not in PROCESS_VARIABLES:
+        known_env = {env_name(k): k for k in keys}
+        for name in sorted(environ):
+            if name in known_env:
+                key = known_env[name]
+                origins[key] = f"from {name}"
+                _set_dotted(data, key, _Text(environ[name], origins[key]))
+            elif name.startswith(ENV_PREFIX) and name not in PROCESS_VARIABLES:
                 problems.append(f"{name}: unknown configuration variable")
-    texts.update(overrides or {})
-    for key, text in texts.items():
-        value = _coerce(key, settable[key], text, problems, from_text=True)
-        _set_dotted(data, key, value)
+    for key, text in (overrides or {}).items():
+        origins[key] = f"from {flag_name(key)}"
+        _set_dotted(data, key, _Text(text, origins[key]))
 
-    # Values from text are already typed; YAML values are coerced by _build.
-    config: Config = _build(Config, data, "", problems)
-    if not problems:
-        _validate_all(config, "", problems)
+    typing_problems: list[str] = []
+    config: Config = _build(Config, data, "", typing_problems, file_origin)
+    # A key whose value failed its type check keeps its default; checks of that default would only be noise.
+    failed = {_owner(p, keys) for p in typing_problems}
+    semantic: list[str] = []
+    _validate_all(config, "", semantic)
+    for problem in semantic:
+        owner = _owner(problem, keys)
+        if owner in failed and owner is not None:
+            continue
+        # A cross-key check (say xfcc_trusted_proxies required by sources) may name a key left at its default.
+        known = owner is not None and origins[owner] != DEFAULT_ORIGIN
+        typing_problems.append(f"{problem} ({origins[owner]})" if known and owner is not None else problem)
+    problems.extend(typing_problems)
     if problems:
         raise ConfigError(problems)
     return config

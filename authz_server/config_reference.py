@@ -63,7 +63,7 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _rows(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str, str, bool]]:
+def _rows(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str, str, str]]:
     hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -72,17 +72,18 @@ def _rows(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str, str, boo
         if _is_dataclass_type(tp):
             yield from _rows(tp, key + ".")
             continue
-        settable = typing.get_origin(tp) is not dict and not (
-            typing.get_origin(tp) in (list, tuple) and _is_dataclass_type(typing.get_args(tp)[0])
-        )
-        yield key, _describe(tp), _show(_default(cls, f)), docs.get(f.name, ""), settable
+        origin = typing.get_origin(tp)
+        how = " (comma-separated, or a YAML list)" if origin in (list, tuple) else ""
+        if origin is dict:
+            how = " (a YAML mapping, e.g. `{example.org: {bundle: /b.pem}}`)"
+        yield key, _describe(tp), _show(_default(cls, f)), docs.get(f.name, ""), how
 
 
 def markdown() -> str:
     """The reference as a Markdown table: key, type, default, meaning, and how to set it from outside the file."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, type_name, default, doc, settable in _rows(Config):
-        overrides = f" Also `{env_name(key)}`, `{flag_name(key)}`." if settable else " YAML only."
+    for key, type_name, default, doc, how in _rows(Config):
+        overrides = f" Also `{env_name(key)}`, `{flag_name(key)}`{how}."
         cell = (doc + overrides).replace("|", "\\|")
         lines.append(f"| `{key}` | {type_name.replace('|', 'or')} | `{default}` | {cell} |")
     return "\n".join(lines) + "\n"

@@ -3,7 +3,8 @@
 The precedence is fixed and documented in README ("How a verdict is reached"):
 identity first (no verified caller, no call), then policy (default deny;
 dry-run documents let would-be denials through, marked), then risk (only
-ever tightens what policy allowed, and only as its bands say).
+ever tightens what the enforced policy let through, and only as its bands
+say; a dry-run mark never exempts a call from it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from authz_server.identity.result import Identity, IdentityFailure, IdentityResult
-from authz_server.policy.outcome import Mode, PolicyOutcome, RiskTimeoutAction
+from authz_server.policy.outcome import PolicyOutcome, RiskTimeoutAction
 from authz_server.risk.outcome import RiskAction, RiskOutcome, RiskStatus
 
 
@@ -60,13 +61,14 @@ def decide(
     assert policy is not None, "a verified caller always has a policy outcome"
 
     if not policy.allowed:
-        if policy.mode is Mode.DRY_RUN:
-            return Decision(decision_id, Verdict.DRY_RUN_DENY, policy.reason.value, 200, identity, policy, risk)
         return Decision(decision_id, Verdict.DENY, policy.reason.value, 403, identity, policy, risk)
 
+    # The enforced policy lets the call through, so risk applies, whatever a dry-run document would say.
     if risk is not None and not risk.shadow:
         if risk.action is RiskAction.DENY:
             return Decision(decision_id, Verdict.DENY, RISK, 403, identity, policy, risk)
         if risk.status is RiskStatus.SKIPPED and policy.on_risk_timeout is RiskTimeoutAction.DENY:
             return Decision(decision_id, Verdict.DENY, RISK_TIMEOUT, 403, identity, policy, risk)
+    if policy.dry_run_denied:
+        return Decision(decision_id, Verdict.DRY_RUN_DENY, policy.reason.value, 200, identity, policy, risk)
     return Decision(decision_id, Verdict.ALLOW, ALLOWED, 200, identity, policy, risk)

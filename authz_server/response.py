@@ -19,7 +19,6 @@ generated classes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii
@@ -206,21 +205,26 @@ def _risk_entries(value: str) -> tuple[bytes, bytes]:
 
 
 def _removals(request_headers: Iterable[str], values: frozenset[str]) -> bytes:
-    """Repeated OkHttpResponse.headers_to_remove (field 5): client-sent x-authz-* we do not overwrite."""
+    """Repeated OkHttpResponse.headers_to_remove (field 5): client-sent x-authz-* we do not overwrite.
+
+    Underscore look-alikes (`x_authz_source`, `x-authz_source`) go too: CGI and WSGI upstreams fold `-` and `_`
+    into one variable (HTTP_X_AUTHZ_SOURCE), so a forged look-alike would read as the server's annotation.
+    """
     # Almost no request carries x-authz-*: one join and one substring search rule it out for about the cost of
     # walking the protobuf map once, where testing each name cost three times that. A hit only means "look".
-    if HEADER_PREFIX not in "\n".join(request_headers):
+    if _LOOK_ALIKE_MARK not in "\n".join(request_headers):
         return b""
     return b"".join(
-        [_string_field(5, name) for name in request_headers if name.startswith(HEADER_PREFIX) and name not in values]
+        [
+            _string_field(5, name)
+            for name in request_headers
+            if name.replace("_", "-").startswith(HEADER_PREFIX) and name not in values
+        ]
     )
 
 
-def deny_body(decision: Decision) -> str:
-    return json.dumps(
-        {"decision": decision.verdict.value, "reason": decision.reason, "decision_id": decision.decision_id},
-        separators=(",", ":"),
-    )
+_LOOK_ALIKE_MARK = "authz"
+"""In every spelling of the prefix, x-authz-, x_authz_ and their mixes."""
 
 
 def build_response(decision: Decision, request_headers: Iterable[str]) -> bytes:

@@ -21,6 +21,12 @@ StageT = TypeVar("StageT", covariant=True)
 
 
 class IdentityStage(Protocol):
+    @property
+    def version(self) -> str:
+        """What the stage was built from (here: the trust bundles' content hash); every stage has one, and its
+        `StageSource.status()` reports the same under the key "version"."""
+        ...
+
     def verify(self, call: Call, now: float) -> IdentityResult:
         """Verify the caller from what Envoy forwarded, or say precisely why not."""
         ...
@@ -37,7 +43,9 @@ class PolicyStage(Protocol):
 
 class RiskStage(Protocol):
     @property
-    def model_version(self) -> str: ...
+    def version(self) -> str:
+        """The model's version."""
+        ...
 
     def assess(self, call: Call, identity: Identity, policy: PolicyOutcome, now: float, budget_s: float) -> RiskOutcome:
         """Score the call and map the score to an action, within `budget_s` seconds."""
@@ -66,5 +74,7 @@ class StageSource(Protocol[StageT]):
     def close(self) -> None: ...
 
     def status(self) -> Mapping[str, str]:
-        """Facts for health and metrics, e.g. {"version": "...", "source": "workload-api", "state": "degraded"}."""
+        """Facts for health and metrics, e.g. {"version": "...", "source": "workload-api", "state": "degraded"}.
+
+        "version" is always present: the loaded stage's `version`, or "" while nothing is loaded yet."""
         ...

@@ -163,7 +163,9 @@ class LocalMesh:
     def svid_files(self, spiffe_id: str) -> tuple[Path, Path]:
         """Certificate and key files of a good SVID for spiffe_id, minted by the mesh's CA once."""
         if spiffe_id not in self._svids:
-            self._svids[spiffe_id] = self.write_svid(self.ca.issue(spiffe_id))
+            # Named after the workload (ns-shop-sa-checkout.pem), so a kept demo directory says whose each is.
+            name = spiffe_id.removeprefix(f"spiffe://{TRUST_DOMAIN}/").replace("/", "-")
+            self._svids[spiffe_id] = self.ca.issue(spiffe_id).write(self.workdir / "svids", name)
         return self._svids[spiffe_id]
 
     def write_svid(self, svid: Svid) -> tuple[Path, Path]:

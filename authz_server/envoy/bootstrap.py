@@ -233,6 +233,9 @@ def _http_connection_manager(spec: SidecarSpec) -> dict[str, Any]:
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        # `x_authz_source` would reach a CGI/WSGI upstream as the same variable as the server's x-authz-source:
+        # drop every header name with an underscore before any filter sees it (the server also removes x_authz_*).
+        "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
         "forward_client_cert_details": spec.forward_client_cert,
         "route_config": {
             "name": "inbound",

@@ -33,6 +33,19 @@ to ask for with a few kilobytes of header."""
 
 _PEM_END = "-----END CERTIFICATE-----"
 
+UNUSABLE_CERTIFICATE = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    x509.InvalidVersion,
+)
+"""What cryptography raises on a certificate it cannot use. It parses lazily (names, extensions, keys on first
+access), and several of these are not ValueErrors (a repeated extension raises DuplicateExtension), so every
+read of a presented certificate is guarded by this whole tuple: a hostile certificate is a denial with a reason,
+never a failed call."""
+
 
 @dataclass(frozen=True, slots=True)
 class VerifiedSvid:
@@ -54,7 +67,7 @@ def decode_pem_certificates(pem: str) -> list[x509.Certificate] | IdentityFailur
         return IdentityFailure(IdentityReason.MALFORMED_CERTIFICATE, "PEM text is truncated (no END line)")
     try:
         return x509.load_pem_x509_certificates(pem.encode("ascii"))
-    except (ValueError, UnicodeEncodeError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
+    except (*UNUSABLE_CERTIFICATE, UnicodeEncodeError) as exc:
         return IdentityFailure(IdentityReason.MALFORMED_CERTIFICATE, f"cannot decode the certificate: {exc}")
 
 
@@ -118,7 +131,7 @@ class TrustStore:
     ) -> VerifiedSvid | IdentityFailure:
         try:
             return self._verify(leaf, intermediates, now, skew)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        except UNUSABLE_CERTIFICATE as exc:
             # cryptography parses names and extensions lazily, and refuses key types and signature algorithms it
             # does not support: a hostile certificate surfaces here, and must be a denial, never a crashed call.
             return IdentityFailure(IdentityReason.MALFORMED_CERTIFICATE, f"unusable certificate: {exc}")
@@ -212,7 +225,7 @@ class TrustStore:
                 budget.signature_checks += 1
                 try:
                     cert.verify_directly_issued_by(candidate)
-                except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+                except (InvalidSignature, *UNUSABLE_CERTIFICATE):
                     problem = f"signature does not verify with the key of {_name(candidate)!r}"
             if problem is not None:
                 problems.append(problem)

@@ -76,7 +76,7 @@ class OpsServer:
             except Exception as exc:
                 lines.append(f"{stage}: status unavailable ({exc})")
                 continue
-            version = status.get("version") or status.get("model_version") or "-"
+            version = status.get("version") or "-"
             state = status.get("state", "ok")
             problems = status.get("problems") or status.get("last_error") or ""
             lines.append(f"{stage}: {state} version={version}" + (f" ({problems})" if problems else ""))

@@ -154,7 +154,6 @@ StatusReader = Callable[[], Mapping[str, str]]
 
 # Status keys every stage may report, whatever its name for them.
 _RELOAD_KEYS = (("reloads", "reload_failures"), ("bundle_reloads", "bundle_reload_failures"))
-_VERSION_KEYS = ("version", "model_version")
 
 
 def _number(value: str | None) -> float | None:
@@ -242,7 +241,7 @@ class ServerCollector(Collector):
                 status = read()
             except Exception:  # a broken status() must not break the scrape
                 status = {"state": "status-error"}
-            version = next((status[k] for k in _VERSION_KEYS if status.get(k)), "")
+            version = status.get("version", "")
             info.add_metric([stage, version], 1)
             state = status.get("state", "ok")
             up.add_metric([stage, state], 1 if state == "ok" else 0)

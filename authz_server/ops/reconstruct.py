@@ -8,11 +8,10 @@ header cannot be replayed faithfully (replay says how many lines those were).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 from authz_server.audit.record import REDACTED
-from authz_server.call import Call, Peer
+from authz_server.call import Call, check_request, parse_call
 from authz_server.identity.result import Identity, Proof
 from authz_server.risk.outcome import RiskAction, RiskFactor, RiskOutcome, RiskStatus
 
@@ -34,21 +33,22 @@ def logged_call(record: Mapping[str, Any]) -> Call:
     extensions = request.get("context_extensions") or {}
     size = request.get("size")
     ts = record.get("ts")
-    return Call(
-        request_id=_text(request.get("id")),
-        source=Peer(_text(peer.get("principal")), "", _text(peer.get("address")), 0),
-        destination_principal=_text(record.get("destination")),
-        method=_text(request.get("method")),
-        path=_text(request.get("path")),
-        query="",
-        host=_text(request.get("host")),
-        scheme=_text(request.get("scheme")),
-        protocol=_text(request.get("protocol")),
-        headers=MappingProxyType({str(k).lower(): str(v) for k, v in headers.items()}),
-        context_extensions=MappingProxyType({str(k): str(v) for k, v in extensions.items()}),
-        size=size if isinstance(size, int) else -1,
-        sni="",
-        received_at=float(ts) if isinstance(ts, int | float) else 0.0,
+    return parse_call(
+        check_request(
+            request_id=_text(request.get("id")),
+            source_principal=_text(peer.get("principal")),
+            source_address=_text(peer.get("address")),
+            destination_principal=_text(record.get("destination")),
+            method=_text(request.get("method")),
+            target=_text(request.get("path")),
+            host=_text(request.get("host")),
+            scheme=_text(request.get("scheme")),
+            protocol=_text(request.get("protocol")),
+            headers={str(k): str(v) for k, v in headers.items()},
+            context_extensions={str(k): str(v) for k, v in extensions.items()},
+            size=size if isinstance(size, int) and not isinstance(size, bool) and -1 <= size < 2**63 else -1,
+            received_at=float(ts) if isinstance(ts, int | float) else 0.0,
+        )
     )
 
 

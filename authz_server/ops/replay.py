@@ -21,7 +21,7 @@ from authz_server.decision import Decision, decide
 from authz_server.identity.result import Identity
 from authz_server.ops.logfile import ReadStats
 from authz_server.ops.reconstruct import NotReplayable, has_redacted_headers, logged_call, logged_identity, logged_risk
-from authz_server.policy.outcome import Mode, PolicyOutcome
+from authz_server.policy.outcome import PolicyOutcome
 from authz_server.risk.bands import band_for
 from authz_server.risk.config import RiskConfig
 from authz_server.risk.outcome import RiskAction, RiskOutcome, RiskStatus
@@ -132,14 +132,20 @@ class Replayer:
         self, record: Mapping[str, Any], identity: Identity, policy: PolicyOutcome, report: ReplayReport
     ) -> tuple[RiskOutcome | None, str]:
         logged = logged_risk(record)
-        if not (policy.allowed or policy.mode is Mode.DRY_RUN):
+        if not policy.allowed:
             return logged, ""  # refused by policy: risk never tightens a denial, so it is irrelevant
         if logged is None:
             report.unscored += 1
             return None, "not scored at the time (policy refused it then): no risk objection assumed"
-        if self.model is None or logged.status is not RiskStatus.SCORED or not logged.features:
+        if logged.status is not RiskStatus.SCORED or logged.score is None:
             return logged, ""
-        score, _errors = self.model.score(list(logged.features))
+        # Without a candidate model the logged score stands, but the candidate's risk terms (maxRisk, shadow)
+        # still decide what it does: a lowered ceiling must show up as changed verdicts.
+        score = logged.score
+        model_version = logged.model_version
+        if self.model is not None and logged.features:
+            score, _errors = self.model.score(list(logged.features))
+            model_version = self.model.version
         band, action = self.bands.classify(score, policy)
         logged_policy = record.get("policy") or {}
         # Shadow came either from the declaration (which the candidate may change) or from the server.
@@ -150,7 +156,7 @@ class Replayer:
                 score=score,
                 band=band,
                 action=action,
-                model_version=self.model.version,
+                model_version=model_version,
                 shadow=server_shadow or policy.risk_shadow,
             ),
             "",

@@ -55,7 +55,9 @@ def _test_documents(paths: Sequence[str]) -> tuple[list[SourceDocument], list[Pr
 
 def _run_case(doc: SourceDocument, index: int, case: dict[str, Any], policies: Any, default_now: float) -> CaseResult:
     line = doc.line(("spec", "cases", index))
-    now = parse_time(case["at"]) if "at" in case else default_now
+    # Validation refused any `at` that does not parse; an explicit None check keeps the epoch (0.0) a time.
+    at = parse_time(case["at"]) if "at" in case else None
+    now = default_now if at is None else at
     call, identity = synthetic_call(
         case["from"],
         case.get("to", ""),
@@ -64,9 +66,9 @@ def _run_case(doc: SourceDocument, index: int, case: dict[str, Any], policies: A
         case.get("headers"),
         case.get("workloadKey"),
         policies.workload_key,
-        now or default_now,
+        now,
     )
-    explanation = explain(policies, call, identity, now or default_now)
+    explanation = explain(policies, call, identity, now)
     failures = []
     if explanation.verdict != case["expect"]:
         failures.append(f"expected {case['expect']}, got {explanation.verdict} ({explanation.outcome.reason.value})")
@@ -92,7 +94,8 @@ def run_tests(paths: Sequence[str], now: float | None = None) -> TestRun:
         problems.extend(p for p in compiled.problems if p.file == doc.file or p.severity is Severity.ERROR)
         if compiled.policy_set is None or any(p.file == doc.file for p in compiled.errors):
             continue
-        doc_now = parse_time(spec["at"]) if "at" in spec else now
+        doc_at = parse_time(spec["at"]) if "at" in spec else None
+        doc_now = now if doc_at is None else doc_at
         for index, case in enumerate(spec["cases"]):
-            results.append(_run_case(doc, index, case, compiled.policy_set, doc_now or now))
+            results.append(_run_case(doc, index, case, compiled.policy_set, doc_now))
     return TestRun(results, sorted(set(problems)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,8 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if errors or (args.strict and warnings) else 0
 
 
-def _headers(pairs: list[str]) -> dict[str, str]:
+def header_pairs(pairs: list[str]) -> dict[str, str]:
+    """Repeated --header NAME=VALUE options as Envoy would send them (names in lower case)."""
     headers = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -70,9 +72,14 @@ def _explain(args: argparse.Namespace) -> int:
         SpiffeId(args.caller)
         if args.callee.startswith("spiffe://"):
             SpiffeId(args.callee)
-        headers = _headers(args.header)
+        headers = header_pairs(args.header)
     except Exception as exc:
         return _fail(str(exc))
+    if args.policies is None and not Path(DEFAULT_POLICIES).exists():
+        return _fail(
+            f"no declarations to explain against: ./{DEFAULT_POLICIES} (the default) does not exist here; "
+            "pass --policies FILE_OR_DIRECTORY"
+        )
     compiled = compile_snapshot(read_files(args.policies or [DEFAULT_POLICIES]))
     if compiled.policy_set is None:
         for problem in compiled.errors:
@@ -143,9 +150,16 @@ def _grant(args: argparse.Namespace) -> int:
         return _fail("; ".join(str(p) for p in compiled.errors), 1)
     if args.out:
         out = Path(args.out)
-        if out.is_dir():
+        if out.is_dir() or args.out.endswith(("/", os.sep)):
+            if not out.is_dir():
+                return _fail(f"--out {args.out}: no such directory")
             out = out / f"{document['metadata']['name']}.yaml"
-        out.write_text(text)
+        elif not out.parent.is_dir():
+            return _fail(f"--out {args.out}: directory {out.parent} does not exist")
+        try:
+            out.write_text(text)
+        except OSError as exc:
+            return _fail(f"--out {args.out}: cannot write: {exc.strerror}")
         sys.stderr.write(f"wrote {out} (expires {document['spec']['rules'][0]['expires']})\n")
     else:
         sys.stdout.write(text)

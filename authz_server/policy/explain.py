@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from spiffe import SpiffeId
 
-from authz_server.call import Call, Peer
+from authz_server.call import Call, check_request, parse_call
+from authz_server.decision import Verdict, decide
 from authz_server.identity.result import Identity, Proof
 from authz_server.policy.model import Rule
 from authz_server.policy.outcome import Mode, PolicyOutcome, PolicyReason
@@ -31,34 +31,22 @@ def synthetic_call(
     now: float = 0.0,
 ) -> tuple[Call, Identity]:
     """A Call as Envoy would describe it, and the verified identity of its caller."""
-    path, _, query = target.partition("#")[0].partition("?")
     parsed = SpiffeId(caller)
     identity = Identity(caller, parsed.trust_domain.name, parsed.path, Proof.CERTIFICATE, None)
-    extensions = {key_name: workload_key} if workload_key else {}
-    call = Call(
+    request = check_request(
         request_id="explain",
-        source=Peer(caller, "", "127.0.0.1", 0),
+        source_principal=caller,
+        source_address="127.0.0.1",
         destination_principal=callee,
         method=method.upper(),
-        path=path,
-        query=query,
-        host="",
+        target=target,
         scheme="https",
         protocol="HTTP/1.1",
-        headers=MappingProxyType({k.lower(): v for k, v in (headers or {}).items()}),
-        context_extensions=MappingProxyType(extensions),
-        size=-1,
-        sni="",
+        headers=headers,
+        context_extensions={key_name: workload_key} if workload_key else None,
         received_at=now,
     )
-    return call, identity
-
-
-def verdict_of(outcome: PolicyOutcome) -> str:
-    """The verdict the decision stage turns this outcome into (before risk)."""
-    if outcome.allowed:
-        return "allow"
-    return "dry-run-deny" if outcome.mode is Mode.DRY_RUN else "deny"
+    return parse_call(request), identity
 
 
 @dataclass(frozen=True)
@@ -70,7 +58,8 @@ class NearMiss:
 @dataclass(frozen=True)
 class Explanation:
     outcome: PolicyOutcome
-    verdict: str
+    verdict: Verdict
+    """What the decision stage makes of the outcome before risk (risk only ever tightens it)."""
     deciding_rule: Rule | None
     near_misses: tuple[NearMiss, ...] = field(default=())
 
@@ -144,8 +133,8 @@ def explain(policy_set: PolicySet, call: Call, identity: Identity, now: float, n
     callee = policy_set.callee(call.destination_principal, call.context_extensions)
     rules = callee.rules if callee is not None else ()
     deciding = next((r for r in rules if r.document == outcome.document and r.name == outcome.rule), None)
-    verdict = verdict_of(outcome)
-    if outcome.allowed or callee is None or outcome.reason in (PolicyReason.QUARANTINED, PolicyReason.INVALID_PATH):
+    verdict = decide("explain", identity, outcome, None).verdict
+    if callee is None or outcome.reason not in (PolicyReason.NO_MATCHING_RULE, PolicyReason.DENIED_BY_RULE):
         return Explanation(outcome, verdict, deciding)
     path = normalize_path(call.path)
     misses = []

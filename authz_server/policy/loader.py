@@ -96,7 +96,7 @@ def compile_snapshot(
         identity = tuple((d.id, d.digest, d.file, d.line) for d in group)
         found = cache.analysis.get(identity) if cache is not None else None
         if found is None:
-            found = dead_rules(r for d in group for r in d.rules)
+            found = dead_rules(group)
         fresh.analysis[identity] = found
         problems.extend(found)
     if cache is not None:

@@ -152,9 +152,6 @@ class RouteMatcher:
             return True
         return any(p.matches(path) for p in self.patterns)
 
-    def headers_hold(self, headers: Mapping[str, str]) -> bool:
-        return all(h.holds(headers) for h in self.headers)
-
     def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         # Plain loops: this runs for every candidate rule of every call, and generators cost more here.
         if self.methods is not None and method not in self.methods:

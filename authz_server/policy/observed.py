@@ -280,7 +280,7 @@ class Observer:
             except (ValueError, TypeError, AttributeError):
                 self._exclude(Excluded.MALFORMED, record)
                 return
-            if outcome.allowed and outcome.rule is not None:
+            if outcome.granted and outcome.rule is not None:
                 use = seen.rule_use.get((outcome.document or "", outcome.rule))
                 if use is not None:
                     use.calls += 1
@@ -316,7 +316,7 @@ class Observer:
         if isinstance(risk, Mapping) and risk.get("action") == "deny":
             stats.risk_objected += 1
         if outcome is not None:
-            if not outcome.allowed:
+            if not outcome.granted:
                 stats.current_denied += 1
                 stats.current_reason = stats.current_reason or outcome.reason.value
             elif outcome.mode is Mode.DRY_RUN:

@@ -29,6 +29,8 @@ class RiskTimeoutAction(StrEnum):
 @dataclass(frozen=True, slots=True)
 class PolicyOutcome:
     allowed: bool
+    """Whether the enforced documents let the call through. A dry-run document never changes this: where it would
+    deny, `mode` is dry-run and reason, document and rule name the dry-run denial (`dry_run_denied`)."""
     reason: PolicyReason
     version: str
     """Content hash of the policy set that decided."""
@@ -45,6 +47,16 @@ class PolicyOutcome:
     """The declaration asks for scores to be computed and annotated but never enforced."""
     detail: str | None = None
     """Words for the decision log, never for the caller (e.g. the quarantine entry's reason)."""
+
+    @property
+    def dry_run_denied(self) -> bool:
+        """A dry-run document would refuse this call: it goes through (if nothing else refuses it), marked."""
+        return self.mode is Mode.DRY_RUN and self.reason is not PolicyReason.ALLOWED
+
+    @property
+    def granted(self) -> bool:
+        """Allowed, and no dry-run document would deny it: the call would go through were every document enforced."""
+        return self.allowed and not self.dry_run_denied
 
     @property
     def label(self) -> str:

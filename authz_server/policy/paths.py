@@ -84,7 +84,3 @@ def normalize_path(path: str) -> str | None:
             continue
         out.append(segment)
     return "/" + "/".join(out)
-
-
-def is_normalized(path: str) -> bool:
-    return normalize_path(path) == path

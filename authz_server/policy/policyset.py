@@ -14,10 +14,12 @@ Precedence, first match wins:
 6. Otherwise `no-matching-rule`.
 
 Dry-run documents are evaluated as if enforced beside the callee's enforced
-ones. Where that turns an allow into a deny, the call goes through marked
-`dry-run-deny`; where the callee only has dry-run documents, every would-be
-denial goes through marked. A dry-run document never lets through a call the
-enforced documents deny.
+ones. Where that turns an allow into a deny, the outcome stays allowed (what
+the enforced documents concluded) and carries the dry-run denial as a mark
+(`PolicyOutcome.dry_run_denied`); where the callee only has dry-run documents,
+every would-be denial is such a mark. A dry-run document never lets through a
+call the enforced documents deny, and never loosens what they enforce: the
+enforced grant's risk terms still apply.
 
 The index is callee -> (exact caller -> rules, caller prefix -> rules), so a
 decision costs a few dict lookups whatever the number of workloads.
@@ -195,9 +197,10 @@ class PolicySet:
                 break
 
         if dry_deny is not None and (allow is not None or not callee.enforced):
+            # What the enforced documents concluded (through) stays `allowed`; the dry-run denial is only a mark.
             base = allow
             return PolicyOutcome(
-                False,
+                True,
                 PolicyReason.DENIED_BY_RULE,
                 version,
                 dry_deny.document,
@@ -209,8 +212,10 @@ class PolicySet:
                 base.risk_shadow if base else dry_deny.risk_shadow,
             )
         if allow is None:
+            # A callee with only dry-run documents has nothing enforced that refuses the call: through, marked.
             mode = Mode.ENFORCE if callee.enforced else Mode.DRY_RUN
-            return PolicyOutcome(False, PolicyReason.NO_MATCHING_RULE, version, callee.primary.id, None, mode, path)
+            reason = PolicyReason.NO_MATCHING_RULE
+            return PolicyOutcome(not callee.enforced, reason, version, callee.primary.id, None, mode, path)
         return PolicyOutcome(
             True,
             PolicyReason.ALLOWED,
@@ -223,5 +228,3 @@ class PolicySet:
             allow.on_risk_timeout,
             allow.risk_shadow,
         )
-
-

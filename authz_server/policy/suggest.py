@@ -444,7 +444,7 @@ def _verdict(compiled: Compiled, case: _Case, now: float) -> tuple[str, str | No
         now,
     )
     outcome = policies.evaluate(call, identity, now)
-    return ("allow" if outcome.allowed else "deny"), outcome.rule
+    return ("allow" if outcome.granted else "deny"), outcome.rule
 
 
 def _render_tests(document: SuggestedDocument, cases: Sequence[_Case]) -> str:

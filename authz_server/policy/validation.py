@@ -140,13 +140,28 @@ class _Checker:
         base = text[:-2]  # without "/*"
         return None if self.spiffe_id(path, base) is None else base + "/"
 
+    def time(self, path: JsonPath, text: str) -> float | None:
+        """An RFC 3339 time with a UTC offset, or an error naming the key (the schema's format is not enforced)."""
+        moment = parse_time(text)
+        if moment is None:
+            example = "2030-01-01T00:00:00Z"
+            self.error(path, f"{_where(path)}: {text!r} is not an RFC 3339 time with a UTC offset, e.g. {example}")
+        return moment
+
+    def test_times(self) -> None:
+        """AllowedCallsTest `spec.at` and each case's `at`: a time that does not parse never silently means now."""
+        spec = self.doc.data["spec"]
+        if "at" in spec:
+            self.time(("spec", "at"), spec["at"])
+        for index, case in enumerate(spec["cases"]):
+            if "at" in case:
+                self.time(("spec", "cases", index, "at"), case["at"])
+
     def expiry(self, path: JsonPath, text: str | None, what: str) -> float | None:
         if text is None:
             return None
-        moment = parse_time(text)
+        moment = self.time(path, text)
         if moment is None:
-            example = "2026-12-01T00:00:00Z"
-            self.error(path, f"{_where(path)}: {text!r} is not an RFC 3339 time with a UTC offset, e.g. {example}")
             return None
         message = f"{what} expired at {text}: it no longer matches anything; remove it"
         self.expiring.append((moment, Problem(self.doc.file, self.doc.line(path), message, Severity.WARNING)))
@@ -367,6 +382,25 @@ _BUILDERS: dict[str, Callable[[_Checker, str], Declaration | QuarantineList | No
 }
 
 
+def _semantics_despite_schema_errors(checker: _Checker, kind: str, doc_id: str) -> None:
+    """Report the semantic problems of a document the schema refused too, so one run shows them all.
+
+    The document is refused whatever this finds. Its structure is known to be off somewhere, so the checks run
+    best-effort (one that trips over the structure stops, its findings so far kept), and a line the schema
+    already faulted keeps only the schema's message.
+    """
+    faulted = {problem.line for problem in checker.problems}
+    extra = _Checker(checker.doc)
+    try:
+        if kind == schema.ALLOWED_CALLS_TEST:
+            extra.test_times()
+        else:
+            _BUILDERS[kind](extra, doc_id)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        pass
+    checker.problems.extend(p for p in extra.problems if p.line not in faulted and p.severity is Severity.ERROR)
+
+
 def validate_file(name: str, content: bytes) -> FileResult:
     try:
         text = content.decode("utf-8")
@@ -380,16 +414,20 @@ def validate_file(name: str, content: bytes) -> FileResult:
     for doc in documents:
         checker = _Checker(doc)
         header = checker.header()
-        if header is not None and checker.against_schema(header[0]):
+        if header is not None:
             kind, doc_id = header
-            if kind == schema.ALLOWED_CALLS_TEST:
-                tests.append(doc)
+            if checker.against_schema(kind):
+                if kind == schema.ALLOWED_CALLS_TEST:
+                    checker.test_times()
+                    tests.append(doc)
+                else:
+                    built = _BUILDERS[kind](checker, doc_id)
+                    if isinstance(built, Declaration):
+                        declarations.append(built)
+                    elif isinstance(built, QuarantineList):
+                        quarantines.append(built)
             else:
-                built = _BUILDERS[kind](checker, doc_id)
-                if isinstance(built, Declaration):
-                    declarations.append(built)
-                elif isinstance(built, QuarantineList):
-                    quarantines.append(built)
+                _semantics_despite_schema_errors(checker, kind, doc_id)
         problems.extend(checker.problems)
         expiring.extend(checker.expiring)
     return FileResult(tuple(declarations), tuple(quarantines), tuple(tests), tuple(problems), tuple(expiring))

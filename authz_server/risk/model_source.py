@@ -110,7 +110,7 @@ class RiskSource:
             with self._lock:
                 self.reload_failures += 1
                 self.last_error = str(exc)
-            log.error("risk model not reloaded, %s keeps serving: %s", self.status()["model_version"], exc)
+            log.error("risk model not reloaded, %s keeps serving: %s", self.status()["version"], exc)
             return False
         scorer = self._scorer(model)
         with self._lock:
@@ -135,7 +135,7 @@ class RiskSource:
         sizes = self.state.sizes()
         facts = {
             "model": self._config.model or BUNDLED_MODEL,
-            "model_version": current.model_version if current else "",
+            "version": current.version if current else "",
             "feature_schema": FEATURE_SCHEMA,
             "state": "loading" if current is None else "degraded" if last_error else "ok",
             "reloads": str(reloads),

@@ -75,7 +75,7 @@ class RiskScorer:
         self._version = model.version
 
     @property
-    def model_version(self) -> str:
+    def version(self) -> str:
         return self._version
 
     def _skipped(self, features: tuple[float, ...], shadow: bool) -> RiskOutcome:

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.authorizer import Authorizer
+from authz_server.call import MalformedRequest, decode_request
 from authz_server.transport.callers import CheckCallers
 
 log = logging.getLogger("authz_server.transport")
@@ -51,11 +52,15 @@ class AuthorizerSlot:
         """None: anyone who reaches the port may ask (callers.mode: off)."""
 
 
-def _sync_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckRequest, grpc.ServicerContext], Any]:
-    def check(request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext) -> Any:
+def _sync_check(slot: AuthorizerSlot) -> Callable[[bytes, grpc.ServicerContext], Any]:
+    def check(data: bytes, context: grpc.ServicerContext) -> Any:
         authorizer = slot.authorizer
         if authorizer is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
+        try:
+            request = decode_request(data)
+        except MalformedRequest as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if slot.callers is not None and (refusal := slot.callers.refusal(request, context.invocation_metadata())):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         return authorizer.check(request, context.time_remaining())  # type: ignore[union-attr]
@@ -63,11 +68,15 @@ def _sync_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckReques
     return check
 
 
-def _aio_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckRequest, grpc.aio.ServicerContext], Any]:
-    async def check(request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> Any:
+def _aio_check(slot: AuthorizerSlot) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+    async def check(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         authorizer = slot.authorizer
         if authorizer is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
+        try:
+            request = decode_request(data)
+        except MalformedRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if slot.callers is not None and (refusal := slot.callers.refusal(request, context.invocation_metadata())):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         return authorizer.check(request, context.time_remaining())  # type: ignore[union-attr]
@@ -81,8 +90,9 @@ def _authorization_handler(check: Callable[..., Any]) -> grpc.GenericRpcHandler:
         {
             _CHECK: grpc.unary_unary_rpc_method_handler(
                 check,
-                request_deserializer=external_auth_pb2.CheckRequest.FromString,
-                # Authorizer.check returns the CheckResponse already serialized.
+                # Decoded in the handler, so a malformed message gets a plain INVALID_ARGUMENT, not protobuf's
+                # exception class; Authorizer.check returns the CheckResponse already serialized.
+                request_deserializer=None,
                 response_serializer=None,
             )
         },

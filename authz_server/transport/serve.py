@@ -29,6 +29,10 @@ from authz_server.transport.grpc_server import AuthorizerSlot, HealthReporter, b
 
 log = logging.getLogger("authz_server.serve")
 
+EXIT_CANNOT_START = 78
+"""Exit status of a process whose stages could not load (sysexits' EX_CONFIG). Distinct from 1, Python's exit
+status for an uncaught exception, so a supervisor can tell "would fail the same way again" from a crash."""
+
 
 @dataclass
 class StageSources:
@@ -62,8 +66,8 @@ class StageSources:
         return readers
 
 
-def _stage_version(stage: Any) -> str:
-    return str(getattr(stage, "version", None) or getattr(stage, "model_version", None) or "?")
+def _stage_version(stage: IdentityStage | PolicyStage | RiskStage | None) -> str:
+    return stage.version if stage is not None else "-"
 
 
 def load_authorizer(
@@ -151,12 +155,12 @@ class ServerProcess:
             log.error("cannot start: %s", exc)
             self.failed = exc
             self.sink.close()
-            return 1
+            return EXIT_CANNOT_START
         if self.config.transport == "aio":
             asyncio.run(self._run_aio())
         else:
             self._run_sync()
-        return 1 if self.failed is not None else 0
+        return EXIT_CANNOT_START if self.failed is not None else 0
 
     def _run_sync(self) -> None:
         server, reporter, self.port = build_sync_server(self.slot, self.config.listen, self.config.threads)

@@ -30,11 +30,13 @@ import time
 from pathlib import Path
 
 from authz_server.config import ENV_PREFIX, PROCESS_VARIABLES, Config, dump_config
-from authz_server.transport.serve import ServerProcess
+from authz_server.transport.serve import EXIT_CANNOT_START, ServerProcess
 
 log = logging.getLogger("authz_server.workers")
 
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+EXIT_INVALID_CONFIGURATION = 2
+"""`authz-server` exits 2 on an invalid configuration (argparse does too on bad flags)."""
 
 
 def configure_logging() -> None:
@@ -95,11 +97,13 @@ class Supervisor:
         self.count = count
         self._stopping = threading.Event()
 
+    def _command(self, config_file: Path, index: int) -> list[str]:
+        return [sys.executable, "-m", "authz_server", "serve", "--config", str(config_file), "--workers", "1"]
+
     def _spawn(self, config_file: Path, index: int) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) or k in PROCESS_VARIABLES}
         env["AUTHZ_WORKER_INDEX"] = str(index)
-        command = [sys.executable, "-m", "authz_server", "serve", "--config", str(config_file), "--workers", "1"]
-        return subprocess.Popen(command, env=env)
+        return subprocess.Popen(self._command(config_file, index), env=env)
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,31 +111,38 @@ class Supervisor:
         with tempfile.TemporaryDirectory(prefix="authz-server-") as tmp:
             config_file = Path(tmp) / "config.yaml"
             config_file.write_text(dump_config(self.config))
-            workers = [self._spawn(config_file, i) for i in range(self.count)]
+            workers: list[subprocess.Popen[bytes] | None] = [self._spawn(config_file, i) for i in range(self.count)]
             restarts = [0] * self.count
+            respawn_at = [0.0] * self.count
             log.info("started %d workers on %s", self.count, self.config.listen)
+            # Restarts are scheduled, never slept on: the loop keeps waking every 0.2 s for SIGTERM.
             while not self._stopping.wait(0.2):
                 for i, worker in enumerate(workers):
+                    if worker is None:
+                        if time.monotonic() >= respawn_at[i]:
+                            workers[i] = self._spawn(config_file, i)
+                        continue
                     code = worker.poll()
                     if code is None:
                         continue
-                    if code in (1, 2) and restarts[i] == 0:
-                        # The first start failed (2: invalid configuration, 1: a stage could not load):
-                        # restarting would fail the same way.
-                        log.error("worker %d could not start; stopping", i)
+                    if code in (EXIT_INVALID_CONFIGURATION, EXIT_CANNOT_START) and restarts[i] == 0:
+                        # Only these codes mean the first start failed (the configuration, a stage that cannot
+                        # load): every worker would fail the same way. 1 is any uncaught exception: restart it.
+                        log.error("worker %d could not start (exit %d); stopping", i, code)
                         self._stopping.set()
                         break
                     delay = RESTART_BACKOFF_S[min(restarts[i], len(RESTART_BACKOFF_S) - 1)]
                     log.warning("worker %d exited with %s; restarting in %.1fs", i, code, delay)
-                    time.sleep(delay)
                     restarts[i] += 1
-                    workers[i] = self._spawn(config_file, i)
-            for worker in workers:
+                    workers[i] = None
+                    respawn_at[i] = time.monotonic() + delay
+            running = [worker for worker in workers if worker is not None]
+            for worker in running:
                 if worker.poll() is None:
                     worker.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + self.config.grace_period_s + 5
             codes = []
-            for worker in workers:
+            for worker in running:
                 try:
                     codes.append(worker.wait(timeout=max(0.1, deadline - time.monotonic())))
                 except subprocess.TimeoutExpired:

@@ -26,7 +26,7 @@ def _caller(name: str) -> Identity:
 
 
 ALLOWED = PolicyOutcome(True, PolicyReason.ALLOWED, "3f2a9c", document="shop/payments", rule="charges")
-DRY_RUN = PolicyOutcome(False, PolicyReason.NO_MATCHING_RULE, "3f2a9c", document="shop/payments",
+DRY_RUN = PolicyOutcome(True, PolicyReason.NO_MATCHING_RULE, "3f2a9c", document="shop/payments",
                         mode=Mode.DRY_RUN)  # fmt: skip
 REFUSED = PolicyOutcome(False, PolicyReason.NO_MATCHING_RULE, "3f2a9c", document="shop/payments")
 FACTORS = (RiskFactor("new_edge", 0.5), RiskFactor("route_rarity", 0.25), RiskFactor("size_vs_norm", 0.125))
@@ -105,3 +105,12 @@ def test_client_sent_x_authz_headers_are_removed_unless_the_response_overwrites_
     assert removed_with == ["x-authz-forged"]
     assert removed_without == ["x-authz-risk-factors", "x-authz-forged"]
     assert list(_read_back(build_response(without, {"accept": "*/*"}))[0].ok_response.headers_to_remove) == []
+
+
+def test_underscore_look_alikes_of_the_annotations_are_removed() -> None:
+    """CGI/WSGI upstreams read x_authz_source and x-authz-source as one variable, HTTP_X_AUTHZ_SOURCE."""
+    allowed = _decisions()[0]
+    sent = {"x_authz_source": "spiffe://example.org/ns/admin/sa/root", "x-authz_decision": "allow",
+            "x_authz-policy": "forged", "x_request_id": "kept", "accept": "*/*"}  # fmt: skip
+    removed = list(_read_back(build_response(allowed, sent))[0].ok_response.headers_to_remove)
+    assert removed == ["x_authz_source", "x-authz_decision", "x_authz-policy"]

@@ -48,3 +48,36 @@ def test_the_demo_shows_each_kind_of_decision_and_cleans_up() -> None:
     assert meshes[0].server.process.poll() is not None, "the server was stopped"
     log_path.unlink()
     workdir.rmdir()
+
+
+def test_demo_keep_leaves_a_configuration_and_certificates_the_readme_can_serve_and_call(tmp_path: Path) -> None:
+    """README, "Running the server": `demo --keep`, then `serve` its configuration and `check` a call."""
+    import shutil
+    import subprocess
+    import sys
+
+    from authz_server.dev.mesh import ServerProcess, free_port
+
+    out = io.StringIO()
+    assert run_demo(keep=True, out=out) == 0
+    kept = Path(out.getvalue().split("kept: certificates, configuration, server and Envoy logs in ", 1)[1].split()[0])
+    try:
+        assert (kept / "config.yaml").is_file() and (kept / "svids" / "ns-shop-sa-checkout.pem").is_file()
+        port = free_port()
+        server = ServerProcess(kept / "config.yaml", port, tmp_path / "server.log").start()
+        try:
+            command = [
+                sys.executable, "-m", "authz_server", "check", "--server", f"127.0.0.1:{port}",
+                "--cert", str(kept / "svids" / "ns-shop-sa-checkout.pem"),
+                "--to", "spiffe://example.org/ns/shop/sa/payments", "--method", "POST", "--path", "/v1/charges",
+            ]  # fmt: skip
+            allowed = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            assert allowed.returncode == 0, allowed.stderr
+            assert allowed.stdout.startswith("HTTP 200\n") and "x-authz-decision: allow" in allowed.stdout
+            command[command.index("--cert") + 1] = str(kept / "svids" / "ns-web-sa-frontend.pem")
+            denied = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            assert denied.stdout.startswith("HTTP 403\n") and "x-authz-reason: no-matching-rule" in denied.stdout
+        finally:
+            assert server.stop() == 0
+    finally:
+        shutil.rmtree(kept)

@@ -79,6 +79,15 @@ def test_client_sent_authz_headers_never_reach_the_upstream(mesh: LocalMesh) -> 
     assert "forged" not in seen["x-authz-decision-id"]
 
 
+def test_underscore_look_alikes_of_the_annotations_never_reach_the_upstream(mesh: LocalMesh) -> None:
+    forged = {"x_authz_source": "spiffe://example.org/ns/admin/sa/root", "x_authz_decision": "allow"}
+    reply = mesh.call(CHECKOUT, "GET", "/v1/charges", headers=forged)
+    assert reply.status == 200, reply.body
+    seen = reply.upstream_headers
+    assert seen["x-authz-source"] == CHECKOUT
+    assert not [name for name in seen if "_" in name], seen
+
+
 def test_a_denied_call_gets_status_reason_and_decision_id_and_never_reaches_the_upstream(mesh: LocalMesh) -> None:
     assert mesh.echo is not None
     before = mesh.echo.requests

@@ -128,7 +128,7 @@ def _problems(tmp_path: Path, **identity: object) -> list[str]:
     path.write_text(yaml.safe_dump({"identity": identity}))
     with pytest.raises(ConfigError) as raised:
         load_config(path)
-    return raised.value.problems
+    return [p.removesuffix(f" (in {path})") for p in raised.value.problems]
 
 
 def test_unsafe_or_inconsistent_settings_are_named(tmp_path: Path) -> None:

@@ -138,23 +138,12 @@ def policy_validate(path: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def require_policy_validate() -> None:
-    probe = subprocess.run(
-        [sys.executable, "-m", "authz_server", "policy", "validate", "--help"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    if probe.returncode != 0:
-        pytest.skip("`authz-server policy validate` is not available yet (the policy stage is being written)")
-
-
 def test_example_declarations_pass_authz_server_policy_validate() -> None:
-    require_policy_validate()
     result = policy_validate(DECLARATIONS)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_authz_server_policy_validate_rejects_a_broken_example(tmp_path: Path) -> None:
-    require_policy_validate()
     text = (DECLARATIONS / "payments-api.yaml").read_text()
     broken = tmp_path / "payments-api.yaml"
     broken.write_text(text.replace("id: spiffe://example.org/ns/checkout/sa/checkout", "id: spiffe//checkout"))
@@ -171,13 +160,11 @@ def policy_test(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_owner_written_cases_pass_against_the_example_declarations() -> None:
-    require_policy_validate()
     result = policy_test(DECLARATIONS)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_owner_written_cases_catch_a_dropped_deny_rule(tmp_path: Path) -> None:
-    require_policy_validate()
     for path in DECLARATIONS.glob("*.yaml"):
         (tmp_path / path.name).write_text(path.read_text())
     payments = yaml.safe_load((tmp_path / "payments-api.yaml").read_text())

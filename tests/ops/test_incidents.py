@@ -134,3 +134,20 @@ def test_calls_denied_for_risk_join_the_caller_incident_with_their_factors(
     assert incident["decision_ids"] == allowed_but_risky
     assert incident["reasons"] == {"risk": 4} and incident["high_risk"] == 4
     assert incident["factors"] and incident["max_score"] is not None
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(
+    attack_log: tuple[Path, dict[str, list[str]]],
+) -> None:
+    """`authz-server incidents --json | head`: no BrokenPipe traceback, the status a SIGPIPE would give."""
+    import subprocess
+    import sys
+
+    path, _ = attack_log
+    command = [sys.executable, "-m", "authz_server", "incidents", "--log", str(path), "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line is written
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr

@@ -174,3 +174,28 @@ def test_a_candidate_model_and_thresholds_rescore_the_logged_features(
     assert {c["decision_id"] for c in lenient["changes"]} == risk_denied
     assert {(c["after_verdict"], c["after_reason"]) for c in lenient["changes"]} <= {("allow", "allowed")}
     assert not set(denied) & {c["decision_id"] for c in strict["changes"] + lenient["changes"]}
+
+
+def test_without_a_model_a_lowered_max_risk_is_decided_from_the_logged_score(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A candidate lowering maxRisk from 1 to 0.05: the CI gate must see the flips without --model."""
+    lenient = DECLARATIONS.replace(
+        "paths: [/v1/charges, /v1/refunds/*]", "paths: [/v1/charges, /v1/refunds/*]\n      maxRisk: 1"
+    )
+    workspace = Workspace(tmp_path, declarations=lenient)
+    path = tmp_path / "decisions.jsonl"
+    log = run_log(path)
+    authorizer = risk_authorizer(workspace, log)
+    ids = [decision_id(authorizer.check(workspace.request(CHECKOUT, "POST", "/v1/charges"))) for _ in range(4)]
+    log.close()
+    logged = {line["decision_id"]: line for line in read_lines(path)}
+    above = {i for i in ids if logged[i]["risk"]["score"] > 0.05 and logged[i]["verdict"] == "allow"}
+    assert above, "the bundled model scores a new edge above 0.05 (about 0.99)"
+    candidate = workspace.write_policies("candidate", lenient.replace("maxRisk: 1", "maxRisk: 0.05"))
+
+    code, report = replay(capsys, "--log", str(path), "--policies", str(candidate), "--json")
+    assert code == 0
+    assert {c["decision_id"] for c in report["changes"]} == above
+    assert {(c["after_verdict"], c["after_reason"]) for c in report["changes"]} == {("deny", "risk")}
+    assert main(["replay", "--log", str(path), "--policies", str(candidate), "--fail-on-change"]) == 3

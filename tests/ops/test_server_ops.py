@@ -256,5 +256,5 @@ def test_an_unwritable_decision_log_is_a_clear_error_at_start(workspace: Workspa
     blocker.write_text("")
     config = workspace.server_config(listen=f"127.0.0.1:{free_port()}", log={"decisions": f"{blocker}/decisions.jsonl"})
     with server(workspace, tmp_path, config) as process:
-        assert process.wait(timeout=60) == 1
+        assert process.wait(timeout=60) == 78  # serve.EXIT_CANNOT_START
     assert f"log.decisions: cannot open {blocker}/decisions.jsonl" in (tmp_path / "stderr").read_text()

@@ -143,8 +143,9 @@ def test_grant_writes_a_time_boxed_declaration(policies: Path, capsys: pytest.Ca
     expires = dt.datetime.fromisoformat(rule["expires"]).timestamp()
     assert before + 900 - 2 <= expires <= time.time() + 900
     merged = load_policies([str(policies)])
-    assert decide(merged, STRANGER, "GET", "/v1/charges/c1").document == document["metadata"]["namespace"] + "/" + (
-        document["metadata"]["name"]
+    assert (
+        decide(merged, STRANGER, "GET", "/v1/charges/c1").document
+        == document["metadata"]["namespace"] + "/" + (document["metadata"]["name"])
     )
     assert not decide(merged, STRANGER, "GET", "/v1/charges/c1", now=expires).allowed
     assert run("policy", "validate", str(policies)) == 0
@@ -179,3 +180,150 @@ def test_registered_on_the_authz_server_command(capsys: pytest.CaptureFixture[st
 
     assert main(["policy", "validate", str(EXAMPLES)]) == 0
     assert capsys.readouterr().out.startswith("ok: ")
+
+
+def test_validate_strict_never_calls_a_stricter_rule_evaluation_picks_shadowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prefix grant followed by a stricter exact-id grant: evaluation tries the exact-id rule first."""
+    spec = f"""
+        workload: {PAYMENTS}
+        rules:
+          - name: everyone
+            from: [{{prefix: "spiffe://example.org/*"}}]
+            to: [{{methods: [GET], paths: ["/v1/**"]}}]
+            maxRisk: 0.9
+          - name: checkout-strict
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/charges]}}]
+            maxRisk: 0.2
+        """
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    write(directory, "p.yaml", allowed_calls("p", spec))
+    assert decide(load_policies([str(directory)]), CHECKOUT, "GET", "/v1/charges").max_risk == 0.2
+    assert run("policy", "validate", "--strict", str(directory)) == 0, capsys.readouterr().out
+    assert "shadowed" not in capsys.readouterr().out
+
+
+def test_validate_says_when_a_rule_tried_first_overrides_risk_terms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = f"""
+        workload: {PAYMENTS}
+        rules:
+          - name: checkout-all
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: ["/v1/**"]}}]
+          - name: checkout-strict
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/charges]}}]
+            maxRisk: 0.2
+          - name: checkout-again
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/refunds]}}]
+        """
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    write(directory, "p.yaml", allowed_calls("p", spec))
+    assert decide(load_policies([str(directory)]), CHECKOUT, "GET", "/v1/charges").rule == "checkout-all"
+    assert run("policy", "validate", "--strict", str(directory)) == 1
+    out = capsys.readouterr().out
+    assert "rule 'checkout-strict' never decides: rule 'checkout-all'" in out
+    assert "rule 'checkout-again' is shadowed: rule 'checkout-all'" in out
+
+
+def _case_file(directory: Path, spec_at: str, case_at: str | None, expect: str) -> None:
+    grant = f"""
+        workload: {PAYMENTS}
+        rules:
+          - name: launch-window
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/charges]}}]
+            expires: 2020-01-01T00:00:00Z
+        """
+    case_at_line = f"\n      at: {case_at}" if case_at is not None else ""
+    test = f"""apiVersion: authz-server.dev/v1alpha1
+kind: AllowedCallsTest
+metadata: {{name: t, namespace: payments}}
+spec:
+  at: {spec_at}
+  cases:
+    - name: during the launch window{case_at_line}
+      from: {CHECKOUT}
+      to: {PAYMENTS}
+      method: GET
+      path: /v1/charges
+      expect: {expect}
+"""
+    directory.mkdir(exist_ok=True)
+    write(directory, "grant.yaml", allowed_calls("grant", grant))
+    (directory / "grant.test.yaml").write_text(test)
+
+
+@pytest.mark.parametrize(("spec_at", "case_at"), [("not-a-time", None), ("2019-06-01T00:00:00Z", "yesterday")])
+def test_an_unparsable_test_time_is_an_error_naming_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spec_at: str, case_at: str | None
+) -> None:
+    directory = tmp_path / "policies"
+    _case_file(directory, spec_at, case_at, "allow")
+    key = "spec.at" if case_at is None else "spec.cases[0].at"
+    bad = spec_at if case_at is None else case_at
+    assert run("policy", "validate", str(directory)) == 1
+    assert f"{key}: {bad!r} is not an RFC 3339 time" in capsys.readouterr().out
+    assert run("policy", "test", str(directory)) == 1
+    assert f"{key}: {bad!r} is not an RFC 3339 time" in capsys.readouterr().out
+
+
+def test_the_epoch_is_a_time_not_now(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The grant expired in 2020: as of 1970 it is live, as of now it is not."""
+    directory = tmp_path / "policies"
+    _case_file(directory, "1970-01-01T00:00:00Z", None, "allow")
+    assert run("policy", "test", str(directory)) == 0, capsys.readouterr().out
+    _case_file(directory, "2019-06-01T00:00:00Z", "1970-01-01T00:00:00Z", "allow")
+    assert run("policy", "test", str(directory)) == 0, capsys.readouterr().out
+
+
+def test_grant_into_a_missing_directory_is_an_error_not_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "grants"
+    assert run("grant", "--from", STRANGER, "--to", PAYMENTS, "--method", "GET", "--path", "/v1/charges/*",
+               "--ttl", "15m", "--out", f"{out}/") == 2  # fmt: skip
+    assert f"--out {out}/: no such directory" in capsys.readouterr().err
+    assert not out.exists()
+    assert run("grant", "--from", STRANGER, "--to", PAYMENTS, "--method", "GET", "--path", "/v1/charges/*",
+               "--ttl", "15m", "--out", f"{out}/g.yaml") == 2  # fmt: skip
+    assert f"directory {out} does not exist" in capsys.readouterr().err
+
+
+def test_explain_without_policies_says_what_it_looked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run("policy", "explain", "--from", CHECKOUT, "--to", PAYMENTS, "--method", "GET", "--path", "/") == 2
+    err = capsys.readouterr().err
+    assert "./policies (the default) does not exist here" in err and "--policies" in err
+
+
+def test_validate_reports_schema_and_semantic_problems_in_one_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = f"""
+        workload: {PAYMENTS}
+        rules:
+          - name: typo
+            from: [{{id: {CHECKOUT}}}]
+            to: [{{methods: [GET], paths: [/v1/x]}}]
+            maxRisc: 0.2
+          - name: bad-caller
+            from: [{{id: "spiffe://Example.ORG/ns/a/sa/b"}}]
+            to: [{{methods: [GET], paths: [/v1/y]}}]
+            expires: next-week
+        """
+    write(tmp_path, "p.yaml", allowed_calls("p", spec))
+    assert run("policy", "validate", str(tmp_path)) == 1
+    out = capsys.readouterr().out
+    assert "unknown key 'maxRisc'" in out
+    assert "write the SPIFFE ID as spiffe://example.org/ns/a/sa/b" in out
+    assert "'next-week' is not an RFC 3339 time" in out

@@ -227,9 +227,14 @@ def test_dry_run_only_document_lets_would_be_denials_through_marked(tmp_path: Pa
     allowed = decide(policies, CHECKOUT, "GET", "/v1/charges/c1")
     assert (allowed.allowed, allowed.mode, allowed.risk_shadow) == (True, Mode.DRY_RUN, True)
     unmatched = decide(policies, STRANGER, "GET", "/v1/charges/c1")
-    assert (unmatched.allowed, unmatched.mode, unmatched.reason) == (False, Mode.DRY_RUN, PolicyReason.NO_MATCHING_RULE)
+    # Nothing enforced refuses these: through (allowed), carrying the dry-run denial as a mark.
+    assert (unmatched.allowed, unmatched.dry_run_denied, unmatched.reason) == (
+        True,
+        True,
+        PolicyReason.NO_MATCHING_RULE,
+    )
     denied = decide(policies, CHECKOUT, "POST", "/v1/refunds/r1")
-    assert (denied.allowed, denied.mode, denied.rule) == (False, Mode.DRY_RUN, "proposed-deny")
+    assert (denied.allowed, denied.dry_run_denied, denied.rule) == (True, True, "proposed-deny")
     # Refusals that are not the document's verdict stay enforced.
     assert decide(policies, CHECKOUT, "GET", "/v1/charges;x").mode is Mode.ENFORCE
 
@@ -238,11 +243,11 @@ def test_dry_run_document_never_loosens_an_enforced_one(tmp_path: Path) -> None:
     policies = compile_text(
         tmp_path, allowed_calls("payments-api", PAYMENTS_SPEC), allowed_calls("proposed", DRY_RUN_SPEC)
     )
-    # Enforced documents allow; the dry-run deny would refuse: through, marked dry-run.
+    # Enforced documents allow (so `allowed`); the dry-run deny would refuse: a mark beside it.
     canary = decide(policies, CHECKOUT, "POST", "/v1/refunds/r1")
-    assert (canary.allowed, canary.mode, canary.document, canary.rule) == (
-        False,
-        Mode.DRY_RUN,
+    assert (canary.allowed, canary.dry_run_denied, canary.document, canary.rule) == (
+        True,
+        True,
         "payments/proposed",
         "proposed-deny",
     )

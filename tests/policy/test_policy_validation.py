@@ -100,7 +100,7 @@ def test_semantic_problems(tmp_path: Path) -> None:
         "bad.yaml:22: rule 'one': maxRisk and onRiskTimeout only apply to allow rules",
         "bad.yaml:22: rule name 'one' is already used at line 9",
         "bad.yaml:27: spec.rules[1].expires: '2020-01-01' is not an RFC 3339 time with a UTC offset, "
-        "e.g. 2026-12-01T00:00:00Z",
+        "e.g. 2030-01-01T00:00:00Z",
     ]
 
 
@@ -157,7 +157,7 @@ def test_warnings_do_not_block_loading(tmp_path: Path) -> None:
             from: [{{prefix: "spiffe://example.org/*"}}]
             to: [{{methods: [GET], paths: ["/a/**"]}}]
           - name: narrow
-            from: [{{id: {CHECKOUT}}}]
+            from: [{{prefix: "spiffe://example.org/*"}}]
             to: [{{methods: [GET], paths: [/a/c]}}]
           - name: hidden
             from: [{{id: {CHECKOUT}}}]
@@ -233,3 +233,16 @@ def test_any_edit_of_a_declaration_is_either_loaded_or_reported(data: st.DataObj
     compiled = compile_snapshot(FileSnapshot((("edited.yaml", text.encode()),), ()))
     if compiled.policy_set is None:
         assert compiled.errors and all(p.file == "edited.yaml" and p.message for p in compiled.errors)
+
+
+def test_the_readme_quarantine_example_is_live_for_a_while_yet(tmp_path: Path) -> None:
+    """A copied example that has already lapsed quarantines nobody. When this fails, move the date forward."""
+    import re
+    import time
+
+    readme = (Path(__file__).parents[2] / "authz_server" / "policy" / "README.md").read_text()
+    (example,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.DOTALL) if "kind: Quarantine" in b]
+    month_from_now = time.time() + 30 * 86400
+    policies = compile_text(tmp_path, example, now=month_from_now)
+    assert policies.summary.quarantined == 2
+    assert not [p for p in policies.warnings if "expired" in p.message], policies.warnings

@@ -48,7 +48,7 @@ def test_the_stage_scores_out_of_the_box() -> None:
     outcome = stage.assess(call(caller), caller, granted(), caller.issued_at or 0, 0.05)
     assert outcome.status is RiskStatus.SCORED
     assert outcome.score is not None and 0 <= outcome.score <= 1
-    assert outcome.model_version == stage.model_version
+    assert outcome.model_version == stage.version
     assert outcome.feature_schema == FEATURE_SCHEMA and len(outcome.features) == len(FEATURE_NAMES)
 
 
@@ -118,7 +118,7 @@ def test_reload_refuses_corrupt_and_mismatched_files_and_the_old_model_keeps_ser
         assert status["state"] == "degraded"
         assert status["reload_failures"] == "1"
         assert "not a loadable ONNX model" in status["last_error"]
-        assert status["model_version"] == first.model_version
+        assert status["version"] == first.version
         # The stage in force still scores.
         outcome = first.assess(call(caller), caller, granted(), caller.issued_at or 0, 0.05)
         assert outcome.status is RiskStatus.SCORED
@@ -130,10 +130,10 @@ def test_reload_refuses_corrupt_and_mismatched_files_and_the_old_model_keeps_ser
 
         write(path, with_metadata(bundled_bytes(), authz__model_version="retrained-2"))
         assert source.poll_model() is True
-        assert [s.model_version for s in applied] == ["retrained-2"]
+        assert [s.version for s in applied] == ["retrained-2"]
         status = source.status()
         assert status["state"] == "ok" and status["last_error"] == ""
-        assert status["model_version"] == "retrained-2" and status["reloads"] == "1"
+        assert status["version"] == "retrained-2" and status["reloads"] == "1"
         # The new generation keeps the behaviour the old one learned.
         assert applied[0].state is first.state
     finally:
@@ -145,7 +145,7 @@ def test_status_reports_the_facts_health_and_metrics_read() -> None:
     assert source.status()["state"] == "loading"
     source.load()
     status = source.status()
-    for key in ("model_version", "feature_schema", "state", "reloads", "reload_failures", "last_error", "skipped"):
+    for key in ("version", "feature_schema", "state", "reloads", "reload_failures", "last_error", "skipped"):
         assert isinstance(status[key], str)
     assert status["model"] == BUNDLED_MODEL and status["feature_schema"] == "v1"
     assert status["skipped"] == "0" and status["reloads"] == "0"
