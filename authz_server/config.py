@@ -27,6 +27,7 @@ from authz_server.identity.config import IdentityConfig
 from authz_server.observability.config import MetricsConfig
 from authz_server.policy.config import PolicyConfig
 from authz_server.risk.config import RiskConfig
+from authz_server.transport.config import AdmissionConfig
 
 ENV_PREFIX = "AUTHZ_"
 PROCESS_VARIABLES = frozenset({"AUTHZ_LOG_LEVEL", "AUTHZ_WORKER_INDEX"})
@@ -60,6 +61,7 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
     def validate(self) -> list[str]:
         problems = []

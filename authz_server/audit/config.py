@@ -37,6 +37,9 @@ class LogConfig:
     """File destination: how many rotated files (FILE.1 .. FILE.N) are kept."""
     flush_interval_ms: int = 200
     """How long the writer waits for more lines before writing out what it holds."""
+    max_value_bytes: int = 4096
+    """Cap on each request-controlled value in a line (path, host, header values, ...); longer ones are cut and
+    marked, so a line stays small whatever a caller sends."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -48,6 +51,8 @@ class LogConfig:
             problems.append(f"max_bytes: must be >= 0 (0 = never rotate), got {self.max_bytes}")
         if self.backups < 0:
             problems.append(f"backups: must be >= 0, got {self.backups}")
+        if self.max_value_bytes < 64:
+            problems.append(f"max_value_bytes: must be >= 64, got {self.max_value_bytes}")
         if self.flush_interval_ms <= 0:
             problems.append(f"flush_interval_ms: must be > 0, got {self.flush_interval_ms}")
         for name in (*self.headers, *self.redact):

@@ -16,13 +16,16 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from authz_server.audit.config import LogConfig
 from authz_server.audit.destinations import Destination, open_destination
-from authz_server.audit.record import HeaderFilter, build_record
+from authz_server.audit.record import HeaderFilter, build_record, build_shed_record
 
 if TYPE_CHECKING:
     # Types only: the log must be importable without the decision path it serves.
@@ -32,13 +35,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("authz_server.audit")
 
-QueuedDecision = tuple["Call", "Decision", "StageTimings", float]
+QueuedDecision = tuple["Call", "Decision", "StageTimings", float, "dict[str, Any] | None"]
+_LARGE_CALL_CHARS = 8192
+"""A call whose path and certificate together exceed this is turned into its (capped) line before it is queued,
+so a full queue of 10,000 holds ~10,000 small lines, not 10,000 requests of up to 4 MiB each."""
 _BATCH = 512
 # The writer shares the GIL with the deciding threads, so its CPU is theirs: orjson writes a line in ~3 µs where
 # json.dumps took ~22. Both give the same compact UTF-8 text; orjson spells tiny floats' exponents without the
 # padding zero (1e-6 for 1e-06), the same JSON number.
 # The standard library's encoder is kept for the one thing orjson refuses: strings that are not valid Unicode
 # (a file name's undecodable bytes, carried by surrogate escapes), which it writes backslash-escaped.
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
@@ -79,6 +86,9 @@ class DecisionLog:
         self._write_failures = 0
         self._written = 0
         self._decisions = 0
+        self._shed_reader: Callable[[], Mapping[str, int]] | None = None
+        self._shed_seen: dict[str, int] = {}
+        self._shed_since = time.time()
 
     # --- hot path -------------------------------------------------------------
 
@@ -88,13 +98,26 @@ class DecisionLog:
             with self._counts_lock:
                 self._dropped += 1
             return
-        self._queue.append((call, decision, timings, time.time()))
+        decided_at = time.time()
+        if len(call.path) + len(call.source.certificate) > _LARGE_CALL_CHARS:
+            record = build_record(call, decision, timings, decided_at, self._headers, self.config.max_value_bytes)
+            small = replace(call, path="", headers=_NO_HEADERS, source=replace(call.source, certificate=""))
+            self._queue.append((small, decision, timings, decided_at, record))
+            return
+        self._queue.append((call, decision, timings, decided_at, None))
 
     # --- lifecycle --------------------------------------------------------------
 
     def add_observer(self, observer: DecisionObserver) -> None:
         """Register before `start`; observers run on the writer thread."""
         self._observers.append(observer)
+
+    def count_shed(self, reader: Callable[[], Mapping[str, int]]) -> None:
+        """Write one counted line per flush for the calls shed without a decision (`reader`: totals by reason).
+
+        Shed calls come in thousands a second exactly when CPU is short, so they get no line each: the writer
+        reads the totals when it wakes and writes one line with what changed."""
+        self._shed_reader = reader
 
     def start(self) -> None:
         """Open the destination and start the writer; raises OSError naming the destination when it cannot."""
@@ -166,18 +189,37 @@ class DecisionLog:
             stopping = self._stop.wait(interval)
             while self._queue:
                 self._drain_batch()
+            self._write_shed()
             if stopping:
                 return
+
+    def _write_shed(self) -> None:
+        if self._shed_reader is None or self.config.decisions == "off":
+            return
+        totals = self._shed_reader()
+        changed = {reason: count - self._shed_seen.get(reason, 0) for reason, count in totals.items()}
+        changed = {reason: count for reason, count in changed.items() if count}
+        if not changed:
+            return
+        now = time.time()
+        line = encode_line(build_shed_record(changed, self._shed_since, now))
+        self._shed_seen, self._shed_since = dict(totals), now
+        assert self._destination is not None
+        try:
+            self._destination.write(line + b"\n")
+        except (OSError, ValueError) as exc:
+            self._write_failures += 1
+            log.error("decision log: writing a shed line to %s failed: %s", self.config.decisions, exc)
 
     def _drain_batch(self) -> None:
         queue = self._queue
         writing = self.config.decisions != "off"
         lines: list[bytes] = []
-        encode, headers = encode_line, self._headers
+        encode, headers, limit = encode_line, self._headers, self.config.max_value_bytes
         taken = 0
         for _ in range(_BATCH):
             try:
-                call, decision, timings, decided_at = queue.popleft()
+                call, decision, timings, decided_at, built = queue.popleft()
             except IndexError:
                 break
             taken += 1
@@ -188,7 +230,9 @@ class DecisionLog:
                     log.exception("decision log: observer %r failed", observer)
             if writing:
                 try:
-                    lines.append(encode(build_record(call, decision, timings, decided_at, headers)))
+                    if built is None:
+                        built = build_record(call, decision, timings, decided_at, headers, limit)
+                    lines.append(encode(built))
                 except Exception:
                     log.exception("decision log: cannot serialise decision %s", decision.decision_id)
                     self._write_failures += 1

@@ -295,3 +295,49 @@ class ServerCollector(Collector):
         depth = GaugeMetricFamily("authz_decision_log_queue_depth", "Decisions waiting for the log writer.")
         depth.add_metric([], decision_log.queued)
         yield from (dropped, failed, written, depth)
+
+
+class AdmissionCounters(Protocol):
+    """What the admission collector reads (transport.admission.Admission satisfies it)."""
+
+    @property
+    def shed(self) -> Mapping[str, int]: ...
+
+    @property
+    def decided(self) -> int: ...
+
+    @property
+    def late(self) -> int: ...
+
+    @property
+    def expected_cost_s(self) -> float: ...
+
+
+class AdmissionCollector(Collector):
+    """Calls shed before deciding, decided calls answered too late, and the cost admission expects (scrape time)."""
+
+    def __init__(self, admission: AdmissionCounters) -> None:
+        self._admission = admission
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        admission = self._admission
+        shed = CounterMetricFamily(
+            "authz_shed", "Calls answered 503 'overloaded' without being decided, by reason.", labels=("reason",)
+        )
+        for reason, count in admission.shed.items():
+            shed.add_metric([str(reason)], count)
+        decided = CounterMetricFamily("authz_admission_decided", "Calls admitted and decided.")
+        decided.add_metric([], admission.decided)
+        late = CounterMetricFamily(
+            "authz_admission_late", "Decided calls whose answer left after their gRPC deadline (Envoy gave up)."
+        )
+        late.add_metric([], admission.late)
+        cost = GaugeMetricFamily(
+            "authz_admission_expected_decision_seconds",
+            "Moving average of the decision time; a call whose deadline leaves less (plus reserve_ms) is shed.",
+        )
+        cost.add_metric([], admission.expected_cost_s)
+        yield from (shed, decided, late, cost)

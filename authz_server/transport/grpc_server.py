@@ -5,12 +5,17 @@ Two transports carry the same synchronous decision path:
 - `aio`: grpc.aio. Each Check runs on the event loop; the decision path never
   awaits, so a check costs one callback and no thread handoff.
 benchmarks/RESULTS.md compares them; Config.transport picks one.
+
+Both admit a call before deciding it (admission.py): the request arrives as
+bytes and is parsed only once the call is admitted, so a shed call costs no
+parse of what may be a 4 MiB message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -21,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.authorizer import Authorizer
+from authz_server.transport.admission import SHED_RESPONSE, Admission, grpc_options
 
 log = logging.getLogger("authz_server.transport")
 
@@ -39,6 +45,8 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 NOT_READY = "authorization stages are still loading"
+_parse = external_auth_pb2.CheckRequest.FromString
+_ns = time.perf_counter_ns
 
 
 class AuthorizerSlot:
@@ -48,22 +56,31 @@ class AuthorizerSlot:
         self.authorizer: Authorizer | None = None
 
 
-def _sync_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckRequest, grpc.ServicerContext], Any]:
-    def check(request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext) -> Any:
+def _decide(authorizer: Authorizer, admission: Admission, request: bytes, remaining: float | None) -> bytes:
+    if admission.admit(remaining) is not None:
+        return SHED_RESPONSE
+    started = _ns()
+    response = authorizer.check(_parse(request), remaining)
+    admission.finished(started, remaining)
+    return response
+
+
+def _sync_check(slot: AuthorizerSlot, admission: Admission) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    def check(request: bytes, context: grpc.ServicerContext) -> bytes:
         authorizer = slot.authorizer
         if authorizer is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
-        return authorizer.check(request, context.time_remaining())  # type: ignore[union-attr]
+        return _decide(authorizer, admission, request, context.time_remaining())  # type: ignore[arg-type]
 
     return check
 
 
-def _aio_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckRequest, grpc.aio.ServicerContext], Any]:
-    async def check(request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> Any:
+def _aio_check(slot: AuthorizerSlot, admission: Admission) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+    async def check(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         authorizer = slot.authorizer
         if authorizer is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
-        return authorizer.check(request, context.time_remaining())  # type: ignore[union-attr]
+        return _decide(authorizer, admission, request, context.time_remaining())  # type: ignore[arg-type]
 
     return check
 
@@ -74,8 +91,8 @@ def _authorization_handler(check: Callable[..., Any]) -> grpc.GenericRpcHandler:
         {
             _CHECK: grpc.unary_unary_rpc_method_handler(
                 check,
-                request_deserializer=external_auth_pb2.CheckRequest.FromString,
-                # Authorizer.check returns the CheckResponse already serialized.
+                # Parsed after admission; Authorizer.check returns the CheckResponse already serialized.
+                request_deserializer=None,
                 response_serializer=None,
             )
         },
@@ -113,9 +130,16 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def build_sync_server(slot: AuthorizerSlot, listen: str, threads: int) -> tuple[grpc.Server, HealthReporter, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((_authorization_handler(_sync_check(slot)),))
+def build_sync_server(
+    slot: AuthorizerSlot, listen: str, threads: int, admission: Admission
+) -> tuple[grpc.Server, HealthReporter, int]:
+    # grpcio refuses calls past maximum_concurrent_rpcs (RESOURCE_EXHAUSTED) before they queue for a thread.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads),
+        options=SERVER_OPTIONS + grpc_options(admission.config),
+        maximum_concurrent_rpcs=admission.config.max_in_flight,
+    )
+    server.add_generic_rpc_handlers((_authorization_handler(_sync_check(slot, admission)),))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
@@ -127,10 +151,14 @@ def build_sync_server(slot: AuthorizerSlot, listen: str, threads: int) -> tuple[
 
 
 async def build_aio_server(
-    slot: AuthorizerSlot, listen: str, loop: asyncio.AbstractEventLoop
+    slot: AuthorizerSlot, listen: str, loop: asyncio.AbstractEventLoop, admission: Admission
 ) -> tuple[grpc.aio.Server, HealthReporter, int]:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((_authorization_handler(_aio_check(slot)),))
+    # grpc.aio stops taking calls from the C core while maximum_concurrent_rpcs are in flight: the rest wait there.
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS + grpc_options(admission.config),
+        maximum_concurrent_rpcs=admission.config.max_in_flight,
+    )
+    server.add_generic_rpc_handlers((_authorization_handler(_aio_check(slot, admission)),))
     servicer = health.aio.HealthServicer()
     # grpcio's health servicer starts out reporting SERVING for the whole server.
     for name in ("", AUTHORIZATION_SERVICE):

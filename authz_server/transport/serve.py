@@ -24,6 +24,7 @@ from authz_server.authorizer import Authorizer, Runtime
 from authz_server.config import Config
 from authz_server.observability import Observability
 from authz_server.stages import IdentityStage, PolicyStage, RiskStage, StageSource
+from authz_server.transport.admission import Admission
 from authz_server.transport.grpc_server import AuthorizerSlot, HealthReporter, build_aio_server, build_sync_server
 
 log = logging.getLogger("authz_server.serve")
@@ -111,11 +112,17 @@ class ServerProcess:
     def __init__(self, config: Config, on_ready: Callable[[int], None] | None = None) -> None:
         self.config = config
         self.slot = AuthorizerSlot()
+        self.admission = Admission(config.admission)
         self.sink = DecisionLog(config.log)
+        self.sink.count_shed(self.admission.shed_counts)
         self.sources = StageSources.from_config(config)
         # Worker N of a supervisor serves metrics on PORT+N: one port per process keeps counters whole.
         self.ops = Observability(
-            config.metrics, self.sink, self.sources.statuses, int(os.environ.get("AUTHZ_WORKER_INDEX", "0") or 0)
+            config.metrics,
+            self.sink,
+            self.sources.statuses,
+            int(os.environ.get("AUTHZ_WORKER_INDEX", "0") or 0),
+            self.admission,
         )
         self._on_ready = on_ready
         self.failed: BaseException | None = None
@@ -157,7 +164,9 @@ class ServerProcess:
         return 1 if self.failed is not None else 0
 
     def _run_sync(self) -> None:
-        server, reporter, self.port = build_sync_server(self.slot, self.config.listen, self.config.threads)
+        server, reporter, self.port = build_sync_server(
+            self.slot, self.config.listen, self.config.threads, self.admission
+        )
         stopping = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -175,7 +184,7 @@ class ServerProcess:
 
     async def _run_aio(self) -> None:
         loop = asyncio.get_running_loop()
-        server, reporter, self.port = await build_aio_server(self.slot, self.config.listen, loop)
+        server, reporter, self.port = await build_aio_server(self.slot, self.config.listen, loop, self.admission)
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)

@@ -1,0 +1,28 @@
+"""Configuration of admission: how much work one process takes on, and what it refuses (section `admission`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    max_in_flight: int = 16
+    """Checks one process takes from gRPC at once (aio: being read or decided; sync: queued for or on a handler
+    thread). Further calls wait inside gRPC's C core, where a call whose deadline passes is dropped for free."""
+    max_queued: int = 32
+    """Calls that may wait inside gRPC's C core beyond `max_in_flight`. Past it gRPC refuses new calls at once
+    with RESOURCE_EXHAUSTED, before any Python runs: the cheapest answer there is under overload."""
+    reserve_ms: float = 1.0
+    """A call is decided only when its deadline leaves at least this much beyond the expected decision time (the
+    moving average of recent decisions); otherwise it is answered at once with `overloaded`."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.max_in_flight < 1:
+            problems.append(f"max_in_flight: must be >= 1, got {self.max_in_flight}")
+        if self.max_queued < 0:
+            problems.append(f"max_queued: must be >= 0, got {self.max_queued}")
+        if self.reserve_ms < 0:
+            problems.append(f"reserve_ms: must be >= 0, got {self.reserve_ms}")
+        return problems
