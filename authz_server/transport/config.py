@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class AdmissionConfig:
-    max_in_flight: int = 16
+    max_in_flight: int = 8
     """Checks one process takes from gRPC at once (aio: being read or decided; sync: queued for or on a handler
     thread). Further calls wait inside gRPC's C core, where a call whose deadline passes is dropped for free."""
-    max_queued: int = 32
+    max_queued: int = 24
     """Calls that may wait inside gRPC's C core beyond `max_in_flight`. Past it gRPC refuses new calls at once
     with RESOURCE_EXHAUSTED, before any Python runs: the cheapest answer there is under overload."""
     reserve_ms: float = 1.0
