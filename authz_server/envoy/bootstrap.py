@@ -78,6 +78,8 @@ class SidecarSpec:
     rbac: dict[str, Any] | None = None
     """An envoy.filters.http.rbac config (typed RBAC) used instead of ext_authz, for comparison."""
     access_log: bool = True
+    max_request_headers_kb: int | None = None
+    """Envoy's cap on a request's headers, path included (Envoy's default: 60 KiB; requests over it get 431)."""
     concurrency_hint: int = 0
     upstream_direct_response: str | None = None
     """Benchmarks: Envoy answers calls that pass the filters itself (200, this body) instead of proxying to
@@ -220,6 +222,8 @@ def _http_connection_manager(spec: SidecarSpec) -> dict[str, Any]:
         },
         "http_filters": _http_filters(spec),
     }
+    if spec.max_request_headers_kb is not None:
+        hcm["max_request_headers_kb"] = spec.max_request_headers_kb
     if spec.forward_client_cert in ("SANITIZE_SET", "APPEND_FORWARD"):
         hcm["set_current_client_cert_details"] = {"uri": True, "cert": True, "chain": True, "dns": True}
     if spec.access_log:
