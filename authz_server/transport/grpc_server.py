@@ -56,7 +56,8 @@ class AuthorizerSlot:
         self.authorizer: Authorizer | None = None
 
 
-def _decide(authorizer: Authorizer, admission: Admission, request: bytes, remaining: float | None) -> bytes:
+def decide_admitted(authorizer: Authorizer, admission: Admission, request: bytes, remaining: float | None) -> bytes:
+    """Decide one serialized CheckRequest with `remaining` seconds to its deadline, or shed it unparsed."""
     if admission.admit(remaining) is not None:
         return SHED_RESPONSE
     started = _ns()
@@ -70,7 +71,7 @@ def _sync_check(slot: AuthorizerSlot, admission: Admission) -> Callable[[bytes, 
         authorizer = slot.authorizer
         if authorizer is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
-        return _decide(authorizer, admission, request, context.time_remaining())  # type: ignore[arg-type]
+        return decide_admitted(authorizer, admission, request, context.time_remaining())  # type: ignore[arg-type]
 
     return check
 
@@ -80,7 +81,7 @@ def _aio_check(slot: AuthorizerSlot, admission: Admission) -> Callable[[bytes, g
         authorizer = slot.authorizer
         if authorizer is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
-        return _decide(authorizer, admission, request, context.time_remaining())  # type: ignore[arg-type]
+        return decide_admitted(authorizer, admission, request, context.time_remaining())  # type: ignore[arg-type]
 
     return check
 
