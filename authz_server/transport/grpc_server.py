@@ -69,7 +69,7 @@ def _aio_check(slot: AuthorizerSlot) -> Callable[[external_auth_pb2.CheckRequest
     return check
 
 
-def _add_authorization(server: grpc.Server | grpc.aio.Server, check: Callable[..., Any]) -> None:
+def add_check_method(server: grpc.Server | grpc.aio.Server, check: Callable[..., Any]) -> None:
     """Check as a registered method: gRPC core matches its path itself and hands the call straight to it.
 
     A generic handler made every call ask Python which handler serves the path first; registering the method
@@ -126,7 +126,7 @@ def _bind(server: grpc.Server | grpc.aio.Server, listen: str) -> int:
 
 def build_sync_server(slot: AuthorizerSlot, listen: str, threads: int) -> tuple[grpc.Server, HealthReporter, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=SERVER_OPTIONS)
-    _add_authorization(server, _sync_check(slot))
+    add_check_method(server, _sync_check(slot))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
@@ -141,7 +141,7 @@ async def build_aio_server(
     slot: AuthorizerSlot, listen: str, loop: asyncio.AbstractEventLoop
 ) -> tuple[grpc.aio.Server, HealthReporter, int]:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    _add_authorization(server, _aio_check(slot))
+    add_check_method(server, _aio_check(slot))
     servicer = health.aio.HealthServicer()
     # grpcio's health servicer starts out reporting SERVING for the whole server.
     for name in ("", AUTHORIZATION_SERVICE):
