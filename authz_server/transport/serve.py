@@ -11,6 +11,7 @@ flushed, exit 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -144,6 +145,9 @@ class ServerProcess:
             self.ops.readiness.failed(str(exc))
             stop()
             return
+        # Everything loaded so far lives as long as the process: moved out of the collector's sight, a full
+        # collection no longer walks it (its pause fell from ~8 to ~3 ms; benchmarks/RESULTS.md, "Tail latency").
+        gc.freeze()
         reporter.serving()
         self.ops.readiness.loaded()
         log.info("serving on %s (port %d, transport %s)", self.config.listen, self.port, self.config.transport)
