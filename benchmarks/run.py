@@ -306,6 +306,8 @@ class Options:
     """An opa-envoy-plugin binary to measure beside this server (benchmarks/opa_peer.py)."""
     unix_socket: bool = True
     """Through Envoy, also measure one worker on a Unix socket (the sidecar layout) next to TCP."""
+    baseline: Path | None = None
+    """Another checkout of the repository (e.g. `git worktree add /tmp/base main`) measured as `authz baseline`."""
 
 
 def representative(samples: Sequence[Sample]) -> Sample:
@@ -335,6 +337,11 @@ def grpc_part(
                 raise RuntimeError("the representative request was not allowed: the benchmark setup is broken")
             name = f"authz {transport} w{workers}"
             targets.append(Target(name, h2load_driver(group.port, body, options.generator_cpus), group))
+    if options.baseline is not None:
+        spec = DecisionServerSpec(transport=options.transports[0], source_tree=options.baseline)
+        group = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
+        name = f"authz baseline {options.transports[0]} w1"
+        targets.append(Target(name, h2load_driver(group.port, body, options.generator_cpus), group))
     runs = list(round_robin(targets, options.grpc_levels, options.repeats, "grpc", options.seconds, options.warmup_s))
     series = points_by_config(targets, options.grpc_levels)
     stages = {}
@@ -419,6 +426,10 @@ def envoy_part(
         spec = DecisionServerSpec(transport=default_transport, workers=workers)
         group = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
         chain(f"ext_authz: authz {default_transport} w{workers}", ChainSpec("ext_authz", group.port), group)
+        if workers == 1 and options.baseline is not None:
+            spec = DecisionServerSpec(transport=default_transport, workers=1, source_tree=options.baseline)
+            base = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
+            chain(f"ext_authz: authz baseline {default_transport} w1", ChainSpec("ext_authz", base.port), base)
         if workers == 1 and options.unix_socket:
             spec = DecisionServerSpec(transport=default_transport, workers=1, unix_socket=True)
             local = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
@@ -477,6 +488,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--generator-cpus", default=None, help="taskset CPU list for h2load/wrk (e.g. 0)")
     parser.add_argument("--opa", type=Path, default=None, help="opa-envoy-plugin binary to measure alongside")
     parser.add_argument("--no-unix-socket", action="store_true", help="skip the Unix socket configuration")
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout to measure as a baseline")
     parser.add_argument("--out", type=Path, default=OUT, help="directory for results.json and the plots")
     return parser.parse_args(argv)
 
@@ -505,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate=args.rate,
         opa=args.opa,
         unix_socket=not args.no_unix_socket,
+        baseline=args.baseline,
     )
     started = time.monotonic()
     document: dict[str, Any] = {

@@ -205,6 +205,8 @@ class DecisionServerSpec:
     threads: int = 4
     unix_socket: bool = False
     """Listen on a Unix socket in the work directory instead of a TCP port (one worker)."""
+    source_tree: Path | None = None
+    """Run authz_server from another checkout (a baseline commit) instead of this one."""
 
 
 def decision_server(
@@ -227,6 +229,8 @@ def decision_server(
     listen = f"unix:{socket}" if socket else f"127.0.0.1:{port}"
     command = [sys.executable, "-m", "authz_server", "serve", "--config", str(config_path),
                "--listen", listen, "--workers", str(spec.workers)]  # fmt: skip
+    if spec.source_tree is not None:
+        command = ["env", f"PYTHONPATH={spec.source_tree.resolve()}", *command]
     return ServerGroup("authz-serve", [pinned(command, cpus)], workdir, port, spec.workers, decisions, socket=socket)
 
 
