@@ -34,6 +34,10 @@ PROCESS_VARIABLES = frozenset({"AUTHZ_LOG_LEVEL", "AUTHZ_WORKER_INDEX"})
 """AUTHZ_* variables that steer the process, not the configuration."""
 
 
+UNIX_PREFIX = "unix:"
+"""`listen` values starting with this name a Unix domain socket (gRPC's own address syntax)."""
+
+
 class ConfigError(ValueError):
     """Raised with every problem found, one per line, each naming its key."""
 
@@ -45,7 +49,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:9191"
-    """Address of the gRPC server (Check, health, reflection). Use 0.0.0.0:9191 in a pod."""
+    """Address of the gRPC server (Check, health, reflection). Use 0.0.0.0:9191 in a pod, or `unix:/PATH` for a
+    Unix domain socket that the pod's own Envoy reaches on a shared volume (one process: workers 0 or 1)."""
     transport: Literal["sync", "aio"] = "aio"
     """gRPC server implementation: grpc.aio, or grpcio's thread-pool server. Same throughput and CPU per check with
     every stage on; aio halves the server-side latency because no handler threads contend for the GIL around the
@@ -65,9 +70,15 @@ class Config:
 
     def validate(self) -> list[str]:
         problems = []
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            problems.append(f"listen: expected HOST:PORT, got {self.listen!r}")
+        if self.listen.startswith(UNIX_PREFIX):
+            if not self.listen.startswith(UNIX_PREFIX + "/"):
+                problems.append(f"listen: expected unix:/ABSOLUTE/PATH, got {self.listen!r}")
+            if self.workers > 1:
+                problems.append(f"workers: a Unix socket is served by one process, got {self.workers}")
+        else:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                problems.append(f"listen: expected HOST:PORT or unix:/PATH, got {self.listen!r}")
         if self.workers < 0:
             problems.append(f"workers: must be >= 0 (0 = one per CPU), got {self.workers}")
         if self.threads < 1:

@@ -39,7 +39,12 @@ QueuedDecision = tuple["Call", "Decision", "StageTimings", float, "dict[str, Any
 _LARGE_CALL_CHARS = 8192
 """A call whose path and certificate together exceed this is turned into its (capped) line before it is queued,
 so a full queue of 10,000 holds ~10,000 small lines, not 10,000 requests of up to 4 MiB each."""
-_BATCH = 512
+# The writer takes the GIL from the thread answering checks. Draining the queue in one go held it for tens of
+# milliseconds a flush, and the answering thread waited up to a switch interval (5 ms) each time it wanted it
+# back: the decision log doubled the client p99. Small batches with a short sleep between them hand the GIL
+# back on the writer's terms (benchmarks/RESULTS.md, "Tail latency").
+_BATCH = 64
+_YIELD_S = 0.0002
 # The writer shares the GIL with the deciding threads, so its CPU is theirs: orjson writes a line in ~3 µs where
 # json.dumps took ~22. Both give the same compact UTF-8 text; orjson spells tiny floats' exponents without the
 # padding zero (1e-6 for 1e-06), the same JSON number.
@@ -189,6 +194,8 @@ class DecisionLog:
             stopping = self._stop.wait(interval)
             while self._queue:
                 self._drain_batch()
+                if self._queue and not stopping:
+                    time.sleep(_YIELD_S)
             self._write_shed()
             if stopping:
                 return

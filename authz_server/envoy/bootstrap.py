@@ -38,6 +38,13 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class UnixSocket:
+    """A Unix domain socket file: the server beside Envoy in one pod (`serve --listen unix:PATH`)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     """Envoy's own SVID and the trust bundle, from files (tests, demo)."""
 
@@ -61,7 +68,7 @@ class SpireSds:
 class SidecarSpec:
     listener: Endpoint
     upstream: Endpoint
-    authz: Endpoint | None
+    authz: Endpoint | UnixSocket | None
     """None: no ext_authz filter (the baseline the benchmarks compare against)."""
     tls: TlsFiles | SpireSds
     admin: Endpoint | None = None
@@ -86,11 +93,13 @@ class SidecarSpec:
     `upstream`, so the upstream is never the bottleneck. None (the default): route to `upstream`."""
 
 
-def _socket(endpoint: Endpoint) -> dict[str, Any]:
+def _socket(endpoint: Endpoint | UnixSocket) -> dict[str, Any]:
+    if isinstance(endpoint, UnixSocket):
+        return {"pipe": {"path": endpoint.path}}
     return {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
 
 
-def _static_cluster(name: str, endpoint: Endpoint, dns: bool = False) -> dict[str, Any]:
+def _static_cluster(name: str, endpoint: Endpoint | UnixSocket, dns: bool = False) -> dict[str, Any]:
     return {
         "name": name,
         "type": "STRICT_DNS" if dns else "STATIC",

@@ -5,22 +5,30 @@ CPU on calls whose caller has already given up (Envoy turns a late answer into
 `status_on_error`), and every call ends up late. Three bounds keep it deciding
 fresh calls instead:
 
-1. `max_in_flight`: how many calls one process takes from gRPC at once. The
-   rest wait inside gRPC's C core, where a call whose deadline passes is dropped
-   without running any Python (a gRPC call costs ~2/3 of a decision in Python
-   overhead alone, so work that is shed after reaching Python saves too little).
-2. `max_queued`: how many may wait in the C core beyond that. Past it, gRPC
-   refuses new calls at once with RESOURCE_EXHAUSTED. Together the two bounds cap
-   how stale a decided call can be: (max_in_flight + max_queued) x cost.
-3. The deadline: a call whose deadline has passed, or leaves less than the
-   expected decision time (a moving average of recent decisions) plus
-   `reserve_ms`, is not decided. It gets `SHED_RESPONSE` at once.
+1. `max_queued`: calls that may wait inside gRPC's C core for the Python
+   server loop to take them. Past it the core resets the new call's stream at
+   once (the client sees CANCELLED), before any Python runs: the cheapest
+   refusal there is. A call whose deadline passes while it waits there is
+   dropped by the core too. Shedding in Python comes too late to save much: a
+   call costs about two thirds of its CPU in gRPC's Python layers before the
+   handler even starts (benchmarks/RESULTS.md, "The hop").
+2. `max_in_flight`: calls the Python server holds (aio: being read or decided;
+   sync: queued for or on a handler thread). Past it gRPC refuses the call with
+   RESOURCE_EXHAUSTED before the handler, the request parse or the decision.
+   Together the two bounds cap how stale a decided call can be: about
+   (max_in_flight + max_queued) x the cost of one call.
+3. The deadline: a call that reaches the handler with its deadline passed, or
+   leaving less than the expected decision time (a moving average of recent
+   decisions) plus `reserve_ms`, is not decided. It gets `SHED_RESPONSE` at once.
 
-`SHED_RESPONSE` is a CheckResponse, not a gRPC error: a denial with HTTP 503
-and `retry-after: 1`. With `failure_mode_allow: false` Envoy turns a gRPC
-error into `status_on_error` (403 in our configuration), which tells the
-client "you may not" when the truth is "not now"; a 503 tells it to retry
-(Envoy's own retry policy `retry_on: 5xx` does), and still lets nothing through.
+`SHED_RESPONSE` is a CheckResponse, not a gRPC error: a denial with HTTP 503,
+`retry-after: 1` and `x-authz-reason: overloaded`. With `failure_mode_allow:
+false` Envoy turns a gRPC error into `status_on_error`, whose default, 403,
+tells the client "you may not" when the truth is "not now"; a 503 says retry
+(a client's or Envoy's `retry_on: 5xx` does, ideally to another replica) and
+still lets nothing through. The refusals of 1. and 2. are gRPC errors by
+necessity, so the Envoy configuration this project renders sets
+`status_on_error` to 503 as well: every overload answer reads the same.
 """
 
 from __future__ import annotations

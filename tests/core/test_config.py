@@ -38,7 +38,7 @@ def test_semantic_validation_runs_once_types_are_right(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(path, {})
     assert raised.value.problems == [
-        "listen: expected HOST:PORT, got 'nowhere'",
+        "listen: expected HOST:PORT or unix:/PATH, got 'nowhere'",
         "risk.budget_ms: must be > 0, got -1.0",
     ]
 

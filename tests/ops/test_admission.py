@@ -111,7 +111,11 @@ def test_a_deadline_shorter_than_a_decision_is_shed_at_once_and_counted(
         def logged() -> list[dict[str, Any]]:
             return read_lines(tmp_path / "decisions.jsonl")
 
-        wait_for(lambda: any(line.get("kind") == "shed" for line in logged()), 10, "shed line", process, tmp_path)
+        def both_written() -> bool:
+            lines = logged()
+            return any("decision_id" in line for line in lines) and any(line.get("kind") == "shed" for line in lines)
+
+        wait_for(both_written, 10, "the decision and the shed line", process, tmp_path)
         lines = logged()
     decisions = [line for line in lines if "decision_id" in line]
     shed_lines = [line for line in lines if line.get("kind") == "shed"]
