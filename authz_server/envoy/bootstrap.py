@@ -173,9 +173,11 @@ def _ext_authz_filter(spec: SidecarSpec) -> dict[str, Any]:
             },
             # The server verifies the caller's certificate itself instead of trusting Envoy's word.
             "include_peer_certificate": True,
-            # Fail closed: no answer from the decision point means no access.
+            # Fail closed: no answer from the decision point means no access. The answer is 503, not the default
+            # 403: an unreachable or overloaded server means "not now", as the server's own shed answer
+            # (503, retry-after) says; a 403 would tell the client it may never.
             "failure_mode_allow": False,
-            "status_on_error": {"code": "Forbidden"},
+            "status_on_error": {"code": "ServiceUnavailable"},
         },
     }
 

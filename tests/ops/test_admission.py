@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import jsonschema
 import pytest
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz_server.audit.schema import decision_log_schema, shed_line_schema
 from authz_server.dev.mesh import free_port
 from authz_server.transport.admission import SHED_RESPONSE, Admission, ShedReason
 from authz_server.transport.config import AdmissionConfig
@@ -121,6 +123,10 @@ def test_a_deadline_shorter_than_a_decision_is_shed_at_once_and_counted(
     shed_lines = [line for line in lines if line.get("kind") == "shed"]
     assert len(decisions) == 1 and decisions[0]["verdict"] == "allow"
     assert sum(line["count"] for line in shed_lines) == 1 and shed_lines[0]["shed"] == {"deadline": 1}
+    for line in decisions:
+        jsonschema.validate(line, decision_log_schema())
+    for line in shed_lines:
+        jsonschema.validate(line, shed_line_schema())
 
 
 async def burst(port: int, request: bytes, count: int) -> list[str]:
