@@ -48,6 +48,9 @@ PROBE_INTERVAL_S = 0.02
 FACTORS = (1.2, 1.5, 2.0)
 _UNAVAILABLE = 14
 RECOVERY_RUN = 10
+UNBOUNDED = {"max_in_flight": 100_000, "max_queued": 100_000, "reserve_ms": 0}
+"""Admission lifted, for comparison: gRPC's own defaults hold every call, only calls already past their deadline
+are shed (what the server did before admission, less the decisions of dead calls)."""
 
 
 def start_server(
@@ -183,24 +186,32 @@ def offer(port: int, body: Path, rate: float, seconds: float, cpus: str | None) 
 
 
 def measure(
-    transport: str, workdir: Path, body: Path, bundle: Path, policies: Path, request: bytes, options: argparse.Namespace
+    name: str,
+    transport: str,
+    admission: dict[str, Any] | None,
+    workdir: Path,
+    body: Path,
+    bundle: Path,
+    policies: Path,
+    request: bytes,
+    options: argparse.Namespace,
 ) -> dict[str, Any]:
-    admission = json.loads(options.admission) if options.admission else None
+    """One configuration: the unloaded p99, then per level its own capacity (measured just before: on a shared
+    machine capacity drifts with the neighbours' load) and the overloaded run."""
     group, metrics_port = start_server(workdir, bundle, policies, transport, options.server_cpus, request, admission)
     try:
         if not check_response_ok(probe_check(group.port, request)):
             raise RuntimeError("the probe request was not allowed: the benchmark setup is broken")
         probe = Probe(group.port, request).start()
         time.sleep(options.unloaded_seconds)
-        unloaded = probe.stop()
-        unloaded_p99 = p99_ms(unloaded)
-        cap = statistics.median(
-            capacity(group.port, metrics_port, body, options.seconds, options.generator_cpus)
-            for _ in range(options.repeats)
-        )
+        unloaded_p99 = p99_ms(probe.stop())
         rows = []
         for factor in FACTORS:
-            time.sleep(1.0)
+            cap = statistics.median(
+                capacity(group.port, metrics_port, body, options.capacity_seconds, options.generator_cpus)
+                for _ in range(options.repeats)
+            )
+            time.sleep(0.5)
             before = counters(metrics_port)
             probe = Probe(group.port, request).start()
             started = time.time()
@@ -218,6 +229,7 @@ def measure(
             rows.append(
                 {
                     "factor": factor,
+                    "capacity_per_s": round(cap),
                     "offered_per_s": round(cap * factor),
                     "decided_in_time_per_s": round(in_time / elapsed),
                     "share_of_capacity": round(in_time / elapsed / cap, 3),
@@ -229,24 +241,25 @@ def measure(
                     "recovery_s": recovery_s(calls, ended, 5 * unloaded_p99 / 1000),
                 }
             )
-        return {"transport": transport, "capacity_per_s": round(cap), "unloaded_p99_ms": round(unloaded_p99, 2),
-                "levels": rows}  # fmt: skip
+        return {"config": name, "transport": transport, "admission": admission,
+                "unloaded_p99_ms": round(unloaded_p99, 2), "levels": rows}  # fmt: skip
     finally:
         group.stop()
 
 
 def markdown(results: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| transport | capacity/s | unloaded p99 | offered | decided in time/s | share of capacity | p99 decided "
-        "| shed 503 | late | recovery |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| configuration | unloaded p99 | offered (x capacity/s) | decided in time/s | share of capacity "
+        "| p99 decided | shed 503 | late | recovery |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         for row in result["levels"]:
             recovery = "none" if row["recovery_s"] is None else f"{row['recovery_s']:.2f} s"
             lines.append(
-                f"| {result['transport']} | {result['capacity_per_s']:,} | {result['unloaded_p99_ms']} ms "
-                f"| {row['factor']}x ({row['offered_per_s']:,}/s) | {row['decided_in_time_per_s']:,} "
+                f"| {result['config']} | {result['unloaded_p99_ms']} ms "
+                f"| {row['factor']}x {row['capacity_per_s']:,} = {row['offered_per_s']:,}/s "
+                f"| {row['decided_in_time_per_s']:,} "
                 f"| {row['share_of_capacity']:.0%} | {row['p99_decided_ms']} ms | {row['shed_503']:,} "
                 f"| {row['late']:,} | {recovery} |"
             )
@@ -257,7 +270,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overload", description=__doc__.split("\n")[0])
     parser.add_argument("--transports", default="aio,sync")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load level")
-    parser.add_argument("--repeats", type=int, default=3, help="capacity runs (the median is used)")
+    parser.add_argument("--capacity-seconds", type=float, default=4.0, help="length of each capacity run")
+    parser.add_argument("--repeats", type=int, default=1, help="capacity runs before each level (median used)")
+    parser.add_argument(
+        "--compare-unbounded", action="store_true", help="also run each transport with the bounds lifted (as before)"
+    )
     parser.add_argument("--unloaded-seconds", type=float, default=5.0)
     parser.add_argument("--recovery-seconds", type=float, default=3.0)
     parser.add_argument("--server-cpus", default="1", help="taskset CPU list for the server ('' = unpinned)")
@@ -278,8 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         body = grpc_body_file(request, workdir)
         bundle, policies = write_inputs(workload, workdir / "inputs")
+        configs: list[tuple[str, str, dict[str, Any] | None]] = []
         for transport in options.transports.split(","):
-            result = measure(transport, workdir / transport, body, bundle, policies, request, options)
+            configs.append((transport, transport, json.loads(options.admission) if options.admission else None))
+            if options.compare_unbounded:
+                configs.append((f"{transport}, unbounded", transport, UNBOUNDED))
+        for name, transport, admission in configs:
+            where = workdir / name.replace(", ", "-")
+            result = measure(name, transport, admission, where, body, bundle, policies, request, options)
             results.append(result)
             print(json.dumps(result), flush=True)
     print(markdown(results))
