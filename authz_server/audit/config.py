@@ -27,6 +27,9 @@ class LogConfig:
     """Where decision lines go: 'stdout', 'off', or a file path (rotated)."""
     queue_size: int = 10000
     """Lines waiting to be written; past this, lines are dropped and counted, never a blocked call."""
+    queue_max_bytes: int = 32 * 1024 * 1024
+    """What the waiting lines may hold in memory, estimated from the request text each one keeps (~2.5 KiB for a
+    typical call); past it lines are dropped and counted, so callers sending large requests cannot fill memory."""
     headers: tuple[str, ...] = DEFAULT_HEADERS
     """Request headers copied into each line (case-insensitive); every other header is left out."""
     redact: tuple[str, ...] = DEFAULT_REDACTED
@@ -45,6 +48,8 @@ class LogConfig:
         problems = []
         if self.queue_size <= 0:
             problems.append(f"queue_size: must be > 0, got {self.queue_size}")
+        if self.queue_max_bytes < 1024 * 1024:
+            problems.append(f"queue_max_bytes: must be >= 1048576 (1 MiB), got {self.queue_max_bytes}")
         if not self.decisions:
             problems.append("decisions: expected 'stdout', 'off' or a file path, got ''")
         if self.max_bytes < 0:
