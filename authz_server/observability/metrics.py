@@ -78,8 +78,8 @@ class DecisionMetrics(Collector):
 
     Only the decision log's writer thread calls `observe`, so the counts are plain ints and lists with no lock:
     prometheus_client's Counter and Histogram take a lock and walk every bucket on each update, ~11 µs of the
-    writer's CPU per decision (which the request path waits for through the GIL); these take ~2 µs
-    (benchmarks/RESULTS.md, "Per-call work"). A scrape may read a decision's counter before its histograms;
+    writer's CPU per decision (which the request path waits for through the GIL); these take ~3 µs
+    (benchmarks/RESULTS.md, "What each change bought"). A scrape may read a decision's counter before its histograms;
     each histogram's count is the sum of its own buckets, so it is always consistent in itself.
     """
 
