@@ -123,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     chain.stop()
     total, rows = summarise(collapsed, args.top)
     rps = loads[0].rps if loads else 0.0
-    # One sample stands for 1/rate s of a thread's time; spread over the requests served meanwhile.
-    us_per_sample = 1e6 / args.rate / rps if rps else float("nan")
+    # One sample stands for 1/rate s of a thread's time, spread over the requests served while sampling.
+    us_per_sample = 1e6 / (args.rate * rps * args.seconds) if rps else float("nan")
     print(f"{total} samples from pid {pid} ({args.via}, {args.transport}, {args.concurrency} in flight, "
           f"{rps:.0f} requests/s) -> {collapsed}")  # fmt: skip
     print(f"{'self %':>7} {'total %':>8} {'self µs/req':>12} {'total µs/req':>13}  frame")
