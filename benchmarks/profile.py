@@ -5,11 +5,14 @@
     .venv/bin/python -m benchmarks.profile --via envoy --native      # wrk through both Envoys, C frames too
 
 The server runs exactly as `benchmarks.run` starts it (every stage real, the
-decision log to a file). py-spy samples every thread of it (`--nonblocking`
+decision log to a file), from this tree or from `--source-tree` (another checkout, to profile a
+baseline the same way). py-spy samples every thread of it (`--nonblocking`
 unless `--native`: the server is never paused, so what it measures is what runs) while the load
 generator drives it; the collapsed stacks land in `--out` and a table of the
 frames holding the most samples is printed: "self" is where the CPU was,
-"total" is what it was for.
+"total" is what it was for, both also as µs per request. py-spy counts a
+thread waiting inside C code it cannot see into (uvloop's epoll_pwait, grpcio's
+poller) as busy, so those frames' shares overstate; Python frames are exact.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.envoy_chain import ChainSpec, start_chain
-from benchmarks.loadgen import grpc_body_file, h2load_grpc, wrk, wrk_script
+from benchmarks.loadgen import LoadResult, grpc_body_file, h2load_grpc, wrk, wrk_script
 from benchmarks.pipeline import write_inputs
 from benchmarks.run import grpc_url, representative
 from benchmarks.servers import DecisionServerSpec, decision_server
@@ -70,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--native", action="store_true", help="sample C frames too (py-spy --native)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--source-tree", type=Path, default=None, help="profile the server of another checkout")
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -83,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="authz-profile-") as tmp:
         workdir = Path(tmp)
         bundle, policies = write_inputs(workload, workdir / "inputs")
-        spec = DecisionServerSpec(transport=args.transport)
+        spec = DecisionServerSpec(transport=args.transport, source_tree=args.source_tree)
         with decision_server(workdir / "servers", bundle, policies, spec).start(probe) as server:
             pid = server.processes[0].pid
             record = [spy, "record", "-p", str(pid), "-d", str(round(args.seconds)), "-r", str(args.rate),
@@ -96,14 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 def drive() -> None:
                     clients = min(args.concurrency, 2)
                     streams = max(1, args.concurrency // clients)
-                    h2load_grpc(grpc_url(server.port), body, clients=clients, streams=streams, seconds=args.seconds + 2)
+                    loads.append(
+                        h2load_grpc(
+                            grpc_url(server.port), body, clients=clients, streams=streams, seconds=args.seconds + 2
+                        )
+                    )
             else:
                 chain = start_chain(workload, workdir / "chain", ChainSpec("ext_authz", server.port))
                 script = wrk_script([s for s in samples if s.kind is not Kind.IDENTITY_DENIED], workdir)
 
                 def drive() -> None:
-                    wrk(chain.url, script, connections=args.concurrency, seconds=args.seconds + 3)
+                    loads.append(wrk(chain.url, script, connections=args.concurrency, seconds=args.seconds + 3))
 
+            loads: list[LoadResult] = []
             load = threading.Thread(target=drive)
             load.start()
             try:
@@ -113,10 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.via == "envoy":
                     chain.stop()
     total, rows = summarise(collapsed, args.top)
-    print(f"{total} samples from pid {pid} ({args.via}, {args.transport}, {args.concurrency} in flight) -> {collapsed}")
-    print(f"{'self %':>7} {'total %':>8}  frame")
+    rps = loads[0].rps if loads else 0.0
+    # One sample stands for 1/rate s of a thread's time, spread over the requests served while sampling.
+    us_per_sample = 1e6 / (args.rate * rps * args.seconds) if rps else float("nan")
+    print(f"{total} samples from pid {pid} ({args.via}, {args.transport}, {args.concurrency} in flight, "
+          f"{rps:.0f} requests/s) -> {collapsed}")  # fmt: skip
+    print(f"{'self %':>7} {'total %':>8} {'self µs/req':>12} {'total µs/req':>13}  frame")
     for frame, own, inclusive in rows:
-        print(f"{100 * own / max(total, 1):7.1f} {100 * inclusive / max(total, 1):8.1f}  {frame}")
+        print(
+            f"{100 * own / max(total, 1):7.1f} {100 * inclusive / max(total, 1):8.1f} "
+            f"{own * us_per_sample:12.1f} {inclusive * us_per_sample:13.1f}  {frame}"
+        )
     return 0
 
 

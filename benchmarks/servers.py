@@ -198,6 +198,13 @@ def floor_server(workdir: Path, transport: str, workers: int = 1, cpus: str | No
     return ServerGroup(f"floor-{transport}", [pinned(command, cpus)] * workers, workdir, port, workers)
 
 
+_FROM_TREE = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('authz_server', run_name='__main__', alter_sys=True)"
+)
+"""`python -m authz_server ARGS` from the checkout named by the first argument."""
+
+
 @dataclass(frozen=True)
 class DecisionServerSpec:
     transport: str = "aio"
@@ -230,7 +237,9 @@ def decision_server(
     command = [sys.executable, "-m", "authz_server", "serve", "--config", str(config_path),
                "--listen", listen, "--workers", str(spec.workers)]  # fmt: skip
     if spec.source_tree is not None:
-        command = ["env", f"PYTHONPATH={spec.source_tree.resolve()}", *command]
+        # `-m` puts the working directory (this checkout) first on sys.path, ahead of PYTHONPATH: the other
+        # tree must go in front of it.
+        command[1:3] = ["-c", _FROM_TREE, str(spec.source_tree.resolve())]
     return ServerGroup("authz-serve", [pinned(command, cpus)], workdir, port, spec.workers, decisions, socket=socket)
 
 

@@ -43,10 +43,10 @@ before it is queued: the queue then holds a few KiB for it, not the request (up 
 _ENTRY_OVERHEAD = 1024
 """Bytes a queued entry holds besides the request's text: the parsed call, the decision, the timings (measured:
 10,000 queued benchmark calls of ~1.6 KiB on the wire held 24.5 MiB, 2.5 KiB each)."""
-# The writer takes the GIL from the thread answering checks. Draining the queue in one go held it for tens of
-# milliseconds a flush, and the answering thread waited up to a switch interval (5 ms) each time it wanted it
-# back: the decision log doubled the client p99. Small batches with a short sleep between them hand the GIL
-# back on the writer's terms (benchmarks/RESULTS.md, "Tail latency").
+# The writer takes the GIL from the thread answering checks. Draining 512 lines in one go held it for ~15 ms, and
+# the answering thread waited up to a switch interval (5 ms) each time it wanted it back. Batches of 64 with a
+# 0.2 ms sleep between them hand it back on the writer's terms: at a steady 600 checks/s the client p50 fell from
+# 3.45 to 2.45 ms (benchmarks/RESULTS.md, "What each change bought").
 _BATCH = 64
 _YIELD_S = 0.0002
 # The writer shares the GIL with the deciding threads, so its CPU is theirs: orjson writes a line in ~3 µs where

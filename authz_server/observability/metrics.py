@@ -73,13 +73,22 @@ class _Histogram:
         family.add_metric(labels, buckets, self.total)
 
 
+def _counters(
+    name: str, documentation: str, labels: tuple[str, ...], counts: dict[tuple[str, str, str], int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, count in list(counts.items()):  # a copy: the writer thread may add a key meanwhile
+        family.add_metric(list(values), count)
+    return family
+
+
 class DecisionMetrics(Collector):
     """Per-decision series; a DecisionObserver of the decision log, and the collector that exposes them.
 
     Only the decision log's writer thread calls `observe`, so the counts are plain ints and lists with no lock:
     prometheus_client's Counter and Histogram take a lock and walk every bucket on each update, ~11 µs of the
-    writer's CPU per decision (which the request path waits for through the GIL); these take ~2 µs
-    (benchmarks/RESULTS.md, "Per-call work"). A scrape may read a decision's counter before its histograms;
+    writer's CPU per decision (which the request path waits for through the GIL); these take ~3 µs
+    (benchmarks/RESULTS.md, "What each change bought"). A scrape may read a decision's counter before its histograms;
     each histogram's count is the sum of its own buckets, so it is always consistent in itself.
     """
 
@@ -116,13 +125,10 @@ class DecisionMetrics(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        decisions = CounterMetricFamily(
-            "authz_decisions",
-            "Decisions taken, by verdict, reason code and mode.",
-            labels=("verdict", "reason", "mode"),
-        )
-        for labels, count in list(self._decisions.items()):
-            decisions.add_metric(list(labels), count)
+        decisions = _counters(
+            "authz_decisions", "Decisions taken, by verdict, reason code and mode.", ("verdict", "reason", "mode"),
+            self._decisions,
+        )  # fmt: skip
         duration = HistogramMetricFamily(
             "authz_decision_duration_seconds", "In-process time to decide one call (parse to serialized response)."
         )
@@ -136,13 +142,10 @@ class DecisionMetrics(Collector):
             "authz_risk_score", "Risk scores of scored calls (0 = normal, 1 = most anomalous)."
         )
         self._risk_score.add_to(score, [])
-        assessments = CounterMetricFamily(
-            "authz_risk_assessments",
-            "Risk assessments by status (scored, skipped, disabled) and action.",
-            labels=("status", "action", "shadow"),
-        )
-        for labels, count in list(self._risk_assessments.items()):
-            assessments.add_metric(list(labels), count)
+        assessments = _counters(
+            "authz_risk_assessments", "Risk assessments by status (scored, skipped, disabled) and action.",
+            ("status", "action", "shadow"), self._risk_assessments,
+        )  # fmt: skip
         overruns = CounterMetricFamily(
             "authz_risk_budget_overruns",
             "Calls whose risk scoring was skipped because it could not finish within its latency budget.",

@@ -111,8 +111,9 @@ def load_authorizer(
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop where it is installed (Linux, macOS), else asyncio's own loop.
 
-    grpc.aio wakes the loop for every completion-queue event; under uvloop the grpc.aio floor spent ~25% less CPU
-    per check and served ~30% more checks/s under h2load (benchmarks/RESULTS.md, "The hop").
+    grpc.aio wakes the loop for every completion-queue event, and uvloop's loop does that in C: with the method
+    registered (grpc_server.add_check_method) the grpc.aio floor spent 28-30% less CPU per check under h2load
+    (benchmarks/RESULTS.md, "What each change bought").
     """
     try:
         import uvloop
@@ -153,7 +154,8 @@ class ServerProcess:
             stop()
             return
         # Everything loaded so far lives as long as the process: moved out of the collector's sight, a full
-        # collection no longer walks it (its pause fell from ~8 to ~3 ms; benchmarks/RESULTS.md, "Tail latency").
+        # collection no longer walks it (its pause fell from ~8 to ~3 ms of CPU; benchmarks/RESULTS.md, "What each
+        # change bought").
         gc.freeze()
         reporter.serving()
         self.ops.readiness.loaded()

@@ -52,6 +52,18 @@ def test_config_show_prints_the_effective_configuration(tmp_path: Path) -> None:
     assert shown["risk"]["budget_ms"] == 1.5
 
 
+def _sigterm(server: subprocess.Popen[bytes]) -> int:
+    """Stop the server as Kubernetes does; its exit status."""
+    server.send_signal(signal.SIGTERM)
+    return server.wait(timeout=30)
+
+
+def _kill_if_running(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.kill()
+        server.wait()
+
+
 def _check_request(ca: TrustDomainCA, caller: str) -> external_auth_pb2.CheckRequest:
     import urllib.parse
 
@@ -108,12 +120,9 @@ def test_workers_share_the_port_and_stop_gracefully_on_sigterm(tmp_path: Path) -
                 assert response.denied_response.status.code == 403
                 answered += 1
         assert answered == 10
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
+        assert _sigterm(server) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        _kill_if_running(server)
     output = log.read_text()
     assert "started 2 workers" in output
     assert output.count("serving on") == 2, output
@@ -174,12 +183,9 @@ def test_a_unix_socket_left_by_a_crashed_server_is_replaced_and_answers_checks(t
         assert second.returncode == 1
         assert f"{path} is in use by another server" in second.stderr
 
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
+        assert _sigterm(server) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        _kill_if_running(server)
     assert not path.exists()
 
 
