@@ -8,8 +8,11 @@ Two steps, about a minute together on 2 cores (always under two):
    independent rounds; fails when the median of the rounds' p99 exceeds the
    risk budget (risk.budget_ms unless `p99_budget_ms` is set), or when calls/s
    fall below `min_calls_per_s`.
-2. grpc: the real server under h2load; fails when requests/s fall below
-   `min_rps` or transport errors exceed `max_error_share`.
+2. grpc: the real server under h2load, alternating with the Python floor (an
+   always-allow server on the same transport); fails when requests/s fall
+   below `min_rps`, below `min_floor_share` of the floor's, or transport
+   errors exceed `max_error_share`. The share is what a change to the
+   decision path moves; a slower runner moves both.
 
 It prints a table, writes the measurements as JSON, and exits 1 naming every
 threshold that was crossed. Thresholds live in ci_gate.yaml (README.md here).
@@ -32,10 +35,17 @@ import yaml
 
 from authz_server.config import Config
 from benchmarks.inprocess import InProcessResult, run_inprocess
-from benchmarks.loadgen import grpc_body_file, h2load_grpc
+from benchmarks.loadgen import LoadResult, grpc_body_file, h2load_grpc
 from benchmarks.pipeline import build_pipeline, write_inputs
 from benchmarks.report import stage_table, table, write_json
-from benchmarks.servers import CHECK_METHOD, DecisionServerSpec, check_response_ok, decision_server, probe_check
+from benchmarks.servers import (
+    CHECK_METHOD,
+    DecisionServerSpec,
+    check_response_ok,
+    decision_server,
+    floor_server,
+    probe_check,
+)
 from benchmarks.workload import Kind, TrustDomainFixture, Workload
 
 DEFAULT_CONFIG = Path(__file__).with_name("ci_gate.yaml")
@@ -87,6 +97,8 @@ class GrpcGate:
     warmup_seconds: float = 2.0
     concurrency: int = 16
     min_rps: float = 400.0
+    min_floor_share: float = 0.3
+    """The server's requests/s as a share of the Python floor's in the same run (alternating halves)."""
     max_error_share: float = 0.0
 
     def validate(self) -> list[str]:
@@ -97,6 +109,8 @@ class GrpcGate:
             problems.append(f"grpc.concurrency: must be >= 1, got {self.concurrency}")
         if self.min_rps < 0:
             problems.append(f"grpc.min_rps: must be >= 0, got {self.min_rps}")
+        if not 0 <= self.min_floor_share <= 1:
+            problems.append(f"grpc.min_floor_share: must be within 0..1, got {self.min_floor_share}")
         if not 0 <= self.max_error_share <= 1:
             problems.append(f"grpc.max_error_share: must be within 0..1, got {self.max_error_share}")
         return problems
@@ -240,41 +254,70 @@ def grpc_step(config: GrpcGate, workload: Workload, workdir: Path, verdict: Verd
     probe = next(s for s in workload.samples(200) if s.kind is Kind.ALLOWED).serialized
     bundle, policies = write_inputs(workload, workdir / "inputs")
     spec = DecisionServerSpec(transport=Config().transport)
-    with decision_server(workdir / "server", bundle, policies, spec).start(probe) as server:
+    body = grpc_body_file(probe, workdir)
+    clients = min(2, config.concurrency)
+    loads: dict[str, list[LoadResult]] = {"server": [], "floor": []}
+    cpu_s = 0.0
+    with (
+        decision_server(workdir / "server", bundle, policies, spec).start(probe) as server,
+        floor_server(workdir / "floor", spec.transport).start(probe) as floor,
+    ):
         if not check_response_ok(probe_check(server.port, probe)):
             verdict.failures.append(
                 "the server denied the benchmark's allowed probe: the gate setup or the build is broken"
             )
             return
-        before = server.cpu_seconds()
-        clients = min(2, config.concurrency)
-        load = h2load_grpc(
-            f"http://127.0.0.1:{server.port}{CHECK_METHOD}", grpc_body_file(probe, workdir), clients=clients,
-            streams=max(1, config.concurrency // clients), seconds=config.seconds, warmup_s=config.warmup_seconds,
-        )  # fmt: skip
-        cpu_us = (server.cpu_seconds() - before) / max(1, load.requests) * 1e6
-        cpu_us *= config.seconds / (config.seconds + config.warmup_seconds)
-    error_share = load.errors / max(1, load.requests + load.errors)
+        # Two halves each, alternating, so a noisy stretch of a shared runner lands on both.
+        order = [("server", server), ("floor", floor), ("floor", floor), ("server", server)]
+        for name, group in order:
+            before = group.cpu_seconds()
+            load = h2load_grpc(
+                f"http://127.0.0.1:{group.port}{CHECK_METHOD}", body, clients=clients,
+                streams=max(1, config.concurrency // clients), seconds=config.seconds / 2,
+                warmup_s=config.warmup_seconds / 2,
+            )  # fmt: skip
+            loads[name].append(load)
+            if name == "server":
+                cpu_s += (group.cpu_seconds() - before) * config.seconds / (config.seconds + config.warmup_seconds)
+    served = sum(load.requests for load in loads["server"])
+    seconds = sum(load.seconds for load in loads["server"])
+    rps = served / seconds if seconds else 0.0
+    floor_rps = sum(load.requests for load in loads["floor"]) / max(1e-9, sum(load.seconds for load in loads["floor"]))
+    share = rps / floor_rps if floor_rps else 0.0
+    errors = sum(load.errors for load in loads["server"])
+    cpu_us = cpu_s / max(1, served) * 1e6
+    latency = {
+        k: statistics.median(load.latency_us[k] for load in loads["server"]) for k in ("p50", "p90", "p99", "p99.9")
+    }
+    error_share = errors / max(1, served + errors)
     print(f"\ngRPC, `authz-server serve` transport {spec.transport}, h2load, {config.concurrency} in flight")
     print(
         table(
-            ["req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "CPU µs/req", "errors"],
+            ["req/s", "floor req/s", "share", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "CPU µs/req", "errors"],
             [
-                [round(load.rps)]
-                + [round(load.latency_us[k] / 1000, 2) for k in ("p50", "p90", "p99", "p99.9")]
-                + [round(cpu_us), load.errors]
+                [round(rps), round(floor_rps), round(share, 2)]
+                + [round(latency[k] / 1000, 2) for k in ("p50", "p90", "p99", "p99.9")]
+                + [round(cpu_us), errors]
             ],
         )
     )
     verdict.measurements["grpc"] = {
-        "rps": load.rps,
-        "latency_us": load.latency_us,
+        "rps": rps,
+        "floor_rps": floor_rps,
+        "floor_share": share,
+        "latency_us": latency,
         "server_cpu_us_per_request": cpu_us,
-        "errors": load.errors,
+        "errors": errors,
         "min_rps": config.min_rps,
+        "min_floor_share": config.min_floor_share,
     }
-    if load.rps < config.min_rps:
-        verdict.failures.append(f"gRPC throughput {load.rps:.0f} req/s is below the floor {config.min_rps:.0f}")
+    if rps < config.min_rps:
+        verdict.failures.append(f"gRPC throughput {rps:.0f} req/s is below the floor {config.min_rps:.0f}")
+    if share < config.min_floor_share:
+        verdict.failures.append(
+            f"gRPC throughput is {share:.2f} of the Python floor's ({rps:.0f} against {floor_rps:.0f} req/s), "
+            f"below {config.min_floor_share:.2f}"
+        )
     if error_share > config.max_error_share:
         verdict.failures.append(
             f"gRPC transport errors {100 * error_share:.2f}% exceed {100 * config.max_error_share:.2f}%"

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from authz_server.dev.mesh import free_port
-from authz_server.envoy.bootstrap import Endpoint, SidecarSpec, TlsFiles
+from authz_server.envoy.bootstrap import Endpoint, SidecarSpec, TlsFiles, UnixSocket
 from authz_server.envoy.process import EnvoyProcess
 from benchmarks.servers import ProcessTree, pinned
 from benchmarks.workload import CALLEE, CALLER_HEADER, Workload, all_accounts
@@ -169,6 +169,8 @@ class Chain:
 class ChainSpec:
     authz: Authz
     authz_port: int | None = None
+    authz_socket: str | None = None
+    """The server's Unix socket instead of a port (the sidecar layout)."""
     max_concurrent_streams: int = 0
     sidecar_concurrency: int = 1
     client_concurrency: int = 1
@@ -185,9 +187,13 @@ def start_chain(workload: Workload, workdir: Path, spec: ChainSpec) -> Chain:
         account: workload.certs.svid(account).write(certs_dir, account.replace("/", "-")) for account in all_accounts()
     }
     sidecar_listener = Endpoint("127.0.0.1", free_port())
-    authz = Endpoint("127.0.0.1", spec.authz_port) if spec.authz == "ext_authz" and spec.authz_port else None
+    authz: Endpoint | UnixSocket | None = None
+    if spec.authz == "ext_authz" and spec.authz_socket:
+        authz = UnixSocket(spec.authz_socket)
+    elif spec.authz == "ext_authz" and spec.authz_port:
+        authz = Endpoint("127.0.0.1", spec.authz_port)
     if spec.authz == "ext_authz" and authz is None:
-        raise ValueError("ext_authz needs the decision server's port")
+        raise ValueError("ext_authz needs the decision server's port or socket")
     sidecar_spec = SidecarSpec(
         listener=sidecar_listener,
         upstream=Endpoint("127.0.0.1", free_port()),

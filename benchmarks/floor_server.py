@@ -4,8 +4,8 @@
 
 It pays exactly what any Python gRPC hop pays (HTTP/2, the request's
 protobuf deserialization, the reply) and nothing else, so the distance between
-it and the real server is the cost of deciding. Same transports and server
-options as authz_server/transport/grpc_server.py.
+it and the real server is the cost of deciding. Same transports, server
+options, method registration and event loop as authz_server/transport/.
 """
 
 from __future__ import annotations
@@ -15,27 +15,16 @@ import asyncio
 import signal
 import threading
 from concurrent import futures
-from typing import Any
 
 import grpc
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
-from authz_server.transport.grpc_server import AUTHORIZATION_SERVICE, SERVER_OPTIONS
+from authz_server.transport.grpc_server import SERVER_OPTIONS, add_check_method
+from authz_server.transport.serve import event_loop_factory
 
 ALLOW = external_auth_pb2.CheckResponse(
     status={"code": 0}, ok_response=external_auth_pb2.OkHttpResponse()
 ).SerializeToString()
-
-
-def _handler(check: Any) -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(
-        AUTHORIZATION_SERVICE,
-        {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                check, request_deserializer=external_auth_pb2.CheckRequest.FromString, response_serializer=None
-            )
-        },
-    )
 
 
 def serve_sync(listen: str, threads: int) -> None:
@@ -43,7 +32,7 @@ def serve_sync(listen: str, threads: int) -> None:
         return ALLOW
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((_handler(check),))
+    add_check_method(server, check)
     server.add_insecure_port(listen)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -59,7 +48,7 @@ async def serve_aio(listen: str) -> None:
         return ALLOW
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((_handler(check),))
+    add_check_method(server, check)
     server.add_insecure_port(listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,7 +67,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
     if args.transport == "aio":
-        asyncio.run(serve_aio(args.listen))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(serve_aio(args.listen))
     else:
         serve_sync(args.listen, args.threads)
 

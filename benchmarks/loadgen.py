@@ -108,6 +108,7 @@ def h2load_grpc(
     rps_per_client: float | None = None,
     threads: int = 1,
     cpus: str | None = None,
+    extra_headers: Sequence[str] = (),
 ) -> LoadResult:
     """Unary gRPC calls for `seconds` after `warmup_s`: `clients` HTTP/2 connections x `streams` in flight each.
 
@@ -123,6 +124,8 @@ def h2load_grpc(
         ]  # fmt: skip
         if rps_per_client:
             command += [f"--rps={rps_per_client:g}"]
+        for header in extra_headers:
+            command += ["-H", header]
         if cpus:
             command = ["taskset", "-c", cpus, *command]
         finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup_s + 60)

@@ -34,6 +34,7 @@ from authz_server.envoy.process import envoy_binary
 from benchmarks.envoy_chain import LOCAL_HEADER, Chain, ChainSpec, start_chain
 from benchmarks.inprocess import InProcessResult, run_inprocess
 from benchmarks.loadgen import LoadResult, grpc_body_file, h2load_grpc, wrk, wrk_script
+from benchmarks.opa_peer import missing_note, opa_server
 from benchmarks.pipeline import build_pipeline, write_inputs
 from benchmarks.report import latency_columns, percentile_headers, plot_latency_vs_load, stage_table, table, write_json
 from benchmarks.servers import (
@@ -301,6 +302,12 @@ class Options:
     streams_cap: int
     generator_cpus: str | None
     rate: int
+    opa: Path | None = None
+    """An opa-envoy-plugin binary to measure beside this server (benchmarks/opa_peer.py)."""
+    unix_socket: bool = True
+    """Through Envoy, also measure one worker on a Unix socket (the sidecar layout) next to TCP."""
+    baseline: Path | None = None
+    """Another checkout of the repository (e.g. `git worktree add /tmp/base main`) measured as `authz baseline`."""
 
 
 def representative(samples: Sequence[Sample]) -> Sample:
@@ -318,6 +325,10 @@ def grpc_part(
     for transport in ("aio", "sync"):
         group = stack.enter_context(floor_server(workdir / "servers", transport).start(probe))
         targets.append(Target(f"floor {transport}", h2load_driver(group.port, body, options.generator_cpus), group))
+    if missing_note(options.opa) is None:
+        assert options.opa is not None
+        opa = stack.enter_context(opa_server(workdir / "servers", options.opa).start(probe))
+        targets.append(Target("OPA-Envoy", h2load_driver(opa.port, body, options.generator_cpus), opa))
     for transport in options.transports:
         for workers in options.workers:
             spec = DecisionServerSpec(transport=transport, workers=workers)
@@ -326,6 +337,11 @@ def grpc_part(
                 raise RuntimeError("the representative request was not allowed: the benchmark setup is broken")
             name = f"authz {transport} w{workers}"
             targets.append(Target(name, h2load_driver(group.port, body, options.generator_cpus), group))
+    if options.baseline is not None:
+        spec = DecisionServerSpec(transport=options.transports[0], source_tree=options.baseline)
+        group = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
+        name = f"authz baseline {options.transports[0]} w1"
+        targets.append(Target(name, h2load_driver(group.port, body, options.generator_cpus), group))
     runs = list(round_robin(targets, options.grpc_levels, options.repeats, "grpc", options.seconds, options.warmup_s))
     series = points_by_config(targets, options.grpc_levels)
     stages = {}
@@ -401,11 +417,27 @@ def envoy_part(
     chain("envoy + RBAC", ChainSpec("rbac"))
     floor = stack.enter_context(floor_server(workdir / "servers", "aio").start(probe))
     chain("ext_authz: floor aio", ChainSpec("ext_authz", floor.port), floor)
+    if missing_note(options.opa) is None:
+        assert options.opa is not None
+        opa = stack.enter_context(opa_server(workdir / "servers", options.opa).start(probe))
+        chain("ext_authz: OPA-Envoy", ChainSpec("ext_authz", opa.port), opa)
     default_transport = options.transports[0]
     for workers in options.workers:
         spec = DecisionServerSpec(transport=default_transport, workers=workers)
         group = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
         chain(f"ext_authz: authz {default_transport} w{workers}", ChainSpec("ext_authz", group.port), group)
+        if workers == 1 and options.baseline is not None:
+            spec = DecisionServerSpec(transport=default_transport, workers=1, source_tree=options.baseline)
+            base = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
+            chain(f"ext_authz: authz baseline {default_transport} w1", ChainSpec("ext_authz", base.port), base)
+        if workers == 1 and options.unix_socket:
+            spec = DecisionServerSpec(transport=default_transport, workers=1, unix_socket=True)
+            local = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
+            chain(
+                f"ext_authz: authz {default_transport} w1 unix",
+                ChainSpec("ext_authz", authz_socket=local.socket),
+                local,
+            )
         if workers > 1 and options.streams_cap:
             capped = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
             chain(
@@ -454,6 +486,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=100_000, help="in-process calls (upper bound)")
     parser.add_argument("--samples", type=int, default=4000, help="distinct requests in the workload")
     parser.add_argument("--generator-cpus", default=None, help="taskset CPU list for h2load/wrk (e.g. 0)")
+    parser.add_argument("--opa", type=Path, default=None, help="opa-envoy-plugin binary to measure alongside")
+    parser.add_argument("--no-unix-socket", action="store_true", help="skip the Unix socket configuration")
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout to measure as a baseline")
     parser.add_argument("--out", type=Path, default=OUT, help="directory for results.json and the plots")
     return parser.parse_args(argv)
 
@@ -480,6 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         streams_cap=args.streams_cap,
         generator_cpus=args.generator_cpus,
         rate=args.rate,
+        opa=args.opa,
+        unix_socket=not args.no_unix_socket,
+        baseline=args.baseline,
     )
     started = time.monotonic()
     document: dict[str, Any] = {
@@ -487,8 +525,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": shlex.join([Path(sys.executable).name, "-m", "benchmarks.run", *(argv or sys.argv[1:])]),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
-        "options": {k: v for k, v in vars(options).items()},
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
     }
+    opa_note = missing_note(options.opa)
+    if opa_note is not None and {"grpc", "envoy"} & set(parts):
+        print(opa_note)
+        document["notes"] = [opa_note]
+    elif options.opa is not None:
+        document["machine"]["opa_envoy"] = _command([str(options.opa), "version"]).splitlines()[0]
     workload = Workload(TrustDomainFixture.create())
     samples = workload.samples(args.samples)
     with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp:

@@ -98,9 +98,9 @@ def pinned(command: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *command] if cpus else command
 
 
-def probe_check(port: int, request: bytes, timeout_s: float = 2.0) -> bytes:
-    """One Check over a fresh channel; returns the serialized CheckResponse."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def probe_check(target: int | str, request: bytes, timeout_s: float = 2.0) -> bytes:
+    """One Check over a fresh channel to a local port or a gRPC target (unix:PATH); the serialized CheckResponse."""
+    with grpc.insecure_channel(f"127.0.0.1:{target}" if isinstance(target, int) else target) as channel:
         call = channel.unary_unary(CHECK_METHOD, request_serializer=None, response_deserializer=None)
         reply: bytes = call(request, timeout=timeout_s)
         return reply
@@ -118,6 +118,8 @@ class ServerGroup:
     """Sockets listening on the port once every worker is up (SO_REUSEPORT: one per process)."""
     decisions: Path | None = None
     """The decision log the server writes (stage timings are read back from it)."""
+    socket: str | None = None
+    """The Unix socket served instead of `port` (the sidecar layout)."""
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, probe: bytes, timeout_s: float = 90.0) -> ServerGroup:
@@ -134,8 +136,8 @@ class ServerGroup:
                     self.stop()
                     raise RuntimeError(f"{self.name} exited with {process.returncode}:\n{self.log_tail()}")
             try:
-                probe_check(self.port, probe)
-                if listening_sockets(self.port) >= self.expected_listeners:
+                probe_check(self.target, probe)
+                if self.socket is not None or listening_sockets(self.port) >= self.expected_listeners:
                     return self
             except grpc.RpcError:
                 pass
@@ -143,6 +145,11 @@ class ServerGroup:
                 self.stop()
                 raise RuntimeError(f"{self.name} not answering after {timeout_s}s:\n{self.log_tail()}")
             time.sleep(0.2)
+
+    @property
+    def target(self) -> int | str:
+        """What probe_check and a gRPC channel dial: the local port, or unix:PATH."""
+        return self.port if self.socket is None else f"unix:{self.socket}"
 
     def log_tail(self, chars: int = 4000) -> str:
         return "\n".join(
@@ -191,11 +198,22 @@ def floor_server(workdir: Path, transport: str, workers: int = 1, cpus: str | No
     return ServerGroup(f"floor-{transport}", [pinned(command, cpus)] * workers, workdir, port, workers)
 
 
+_FROM_TREE = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('authz_server', run_name='__main__', alter_sys=True)"
+)
+"""`python -m authz_server ARGS` from the checkout named by the first argument."""
+
+
 @dataclass(frozen=True)
 class DecisionServerSpec:
     transport: str = "aio"
     workers: int = 1
     threads: int = 4
+    unix_socket: bool = False
+    """Listen on a Unix socket in the work directory instead of a TCP port (one worker)."""
+    source_tree: Path | None = None
+    """Run authz_server from another checkout (a baseline commit) instead of this one."""
 
 
 def decision_server(
@@ -214,9 +232,15 @@ def decision_server(
     }
     config_path = workdir / f"server-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    socket = str(workdir / f"authz-{port}.sock") if spec.unix_socket else None
+    listen = f"unix:{socket}" if socket else f"127.0.0.1:{port}"
     command = [sys.executable, "-m", "authz_server", "serve", "--config", str(config_path),
-               "--listen", f"127.0.0.1:{port}", "--workers", str(spec.workers)]  # fmt: skip
-    return ServerGroup("authz-serve", [pinned(command, cpus)], workdir, port, spec.workers, decisions)
+               "--listen", listen, "--workers", str(spec.workers)]  # fmt: skip
+    if spec.source_tree is not None:
+        # `-m` puts the working directory (this checkout) first on sys.path, ahead of PYTHONPATH: the other
+        # tree must go in front of it.
+        command[1:3] = ["-c", _FROM_TREE, str(spec.source_tree.resolve())]
+    return ServerGroup("authz-serve", [pinned(command, cpus)], workdir, port, spec.workers, decisions, socket=socket)
 
 
 def stage_timings(decisions: Path, since: float, until: float) -> dict[str, dict[str, float]]:

@@ -6,6 +6,9 @@
   `authz_server.envoy.bootstrap`, the generator the end-to-end tests and the demo run.
 - components/istio-certificates/istio-ca/config.yaml: base/config/config.yaml with the identity section
   switched from SPIRE's Workload API to the root istiod publishes (one source for everything else).
+- overlays/sidecar/envoy-bootstrap.yaml: the same sidecar calling an authz-server in its own pod over a
+  Unix socket on a shared emptyDir; overlays/sidecar/declarations/payments-api.yaml: base's declarations of
+  the example workload, which that server enforces.
 
     python mesh_manifests/generate.py          # rewrite the files
     python mesh_manifests/generate.py --check  # exit 1, naming each stale file (CI)
@@ -18,13 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from authz_server.envoy.bootstrap import Endpoint, SidecarSpec, SpireSds, render_yaml
+from authz_server.envoy.bootstrap import Endpoint, SidecarSpec, SpireSds, UnixSocket, render_yaml
 
 HERE = Path(__file__).resolve().parent
 BOOTSTRAP_PATH = HERE / "overlays" / "envoy" / "workload-example" / "envoy-bootstrap.yaml"
@@ -32,6 +35,11 @@ BASE_CONFIG_PATH = HERE / "base" / "config" / "config.yaml"
 ISTIO_CA_CONFIG_PATH = HERE / "components" / "istio-certificates" / "istio-ca" / "config.yaml"
 ISTIO_CA_ROOT = "/etc/istio-ca/root-cert.pem"
 """"The ConfigMap istio-ca-root-cert (key root-cert.pem), mounted by the istio-ca component."""
+SIDECAR_BOOTSTRAP_PATH = HERE / "overlays" / "sidecar" / "envoy-bootstrap.yaml"
+SIDECAR_DECLARATIONS = "declarations/payments-api.yaml"
+"""The example workload's declarations: base's, copied into overlays/sidecar (kustomize reads no file above it)."""
+SIDECAR_SOCKET = "/var/run/authz-server/authz.sock"
+"""The server's socket in the sidecar layout, on an emptyDir both containers mount (overlays/sidecar)."""
 
 NAMESPACE = "authz-system"
 SERVICE = "authz-server"
@@ -86,6 +94,12 @@ def render_istio_ca_config() -> str:
         "# The server's configuration when istiod (self-signed root or plug-in CA) issues the mesh's certificates.\n"
     )
     return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def render_sidecar_layout_bootstrap() -> str:
+    """overlays/sidecar: the same Envoy, its ext_authz cluster the pod's own server on a Unix socket."""
+    spec = replace(sidecar_spec(), authz=UnixSocket(SIDECAR_SOCKET), authz_dns=False)
+    return HEADER.format(source="authz_server/envoy/bootstrap.py") + render_yaml(spec)
 
 
 @dataclass(frozen=True)
@@ -191,7 +205,14 @@ def render_crds() -> dict[Path, str]:
 
 def render_all() -> dict[Path, str]:
     """Every generated file, path -> content."""
-    return {BOOTSTRAP_PATH: render_envoy_bootstrap(), ISTIO_CA_CONFIG_PATH: render_istio_ca_config(), **render_crds()}
+    return {
+        BOOTSTRAP_PATH: render_envoy_bootstrap(),
+        SIDECAR_BOOTSTRAP_PATH: render_sidecar_layout_bootstrap(),
+        SIDECAR_BOOTSTRAP_PATH.parent / SIDECAR_DECLARATIONS: HEADER.format(source=f"base/{SIDECAR_DECLARATIONS}")
+        + (HERE / "base" / SIDECAR_DECLARATIONS).read_text(),
+        ISTIO_CA_CONFIG_PATH: render_istio_ca_config(),
+        **render_crds(),
+    }
 
 
 def stale(rendered: dict[Path, str]) -> list[Path]:

@@ -16,13 +16,16 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from authz_server.audit.config import LogConfig
 from authz_server.audit.destinations import Destination, open_destination
-from authz_server.audit.record import HeaderFilter, build_record
+from authz_server.audit.record import HeaderFilter, build_record, build_shed_record
 
 if TYPE_CHECKING:
     # Types only: the log must be importable without the decision path it serves.
@@ -32,13 +35,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("authz_server.audit")
 
-QueuedDecision = tuple["Call", "Decision", "StageTimings", float]
-_BATCH = 512
+QueuedDecision = tuple["Call", "Decision", "StageTimings", float, bytes | None, int]
+"""call, decision, timings, decided_at, the encoded line when built before queueing, the entry's weight."""
+_LARGE_CALL_BYTES = 8192
+"""A call carrying more request text than this (path, certificate, header values) is turned into its capped line
+before it is queued: the queue then holds a few KiB for it, not the request (up to 4 MiB) it references."""
+_ENTRY_OVERHEAD = 1024
+"""Bytes a queued entry holds besides the request's text: the parsed call, the decision, the timings (measured:
+10,000 queued benchmark calls of ~1.6 KiB on the wire held 24.5 MiB, 2.5 KiB each)."""
+# The writer takes the GIL from the thread answering checks. Draining 512 lines in one go held it for ~15 ms, and
+# the answering thread waited up to a switch interval (5 ms) each time it wanted it back. Batches of 64 with a
+# 0.2 ms sleep between them hand it back on the writer's terms: at a steady 600 checks/s the client p50 fell from
+# 3.45 to 2.45 ms (benchmarks/RESULTS.md, "What each change bought").
+_BATCH = 64
+_YIELD_S = 0.0002
 # The writer shares the GIL with the deciding threads, so its CPU is theirs: orjson writes a line in ~3 µs where
 # json.dumps took ~22. Both give the same compact UTF-8 text; orjson spells tiny floats' exponents without the
 # padding zero (1e-6 for 1e-06), the same JSON number.
 # The standard library's encoder is kept for the one thing orjson refuses: strings that are not valid Unicode
 # (a file name's undecodable bytes, carried by surrogate escapes), which it writes backslash-escaped.
+_EMPTY: Mapping[str, str] = MappingProxyType({})
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
@@ -71,6 +87,9 @@ class DecisionLog:
         self._headers = HeaderFilter(config.headers, config.redact)
         self._queue: collections.deque[QueuedDecision] = collections.deque()
         self._limit = config.queue_size
+        self._byte_limit = config.queue_max_bytes
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -79,6 +98,9 @@ class DecisionLog:
         self._write_failures = 0
         self._written = 0
         self._decisions = 0
+        self._shed_reader: Callable[[], Mapping[str, int]] | None = None
+        self._shed_seen: dict[str, int] = {}
+        self._shed_since = time.time()
 
     # --- hot path -------------------------------------------------------------
 
@@ -88,13 +110,46 @@ class DecisionLog:
             with self._counts_lock:
                 self._dropped += 1
             return
-        self._queue.append((call, decision, timings, time.time()))
+        decided_at = time.time()
+        # The parsed call references the whole request; what it weighs is mostly its text. ~1.5 us for ten headers.
+        text = len(call.path) + len(call.source.certificate) + sum(map(len, call.headers.values()))
+        line: bytes | None = None
+        if text > _LARGE_CALL_BYTES:
+            record = build_record(call, decision, timings, decided_at, self._headers, self.config.max_value_bytes)
+            # A copy of exactly the line: orjson's own buffer is over-allocated (a 1.5 KiB line held 16 KiB).
+            line = bytes(memoryview(encode_line(record)))
+            # Nothing may keep referencing the request: both maps are views into the parsed message.
+            call = replace(
+                call,
+                path="",
+                headers=_EMPTY,
+                context_extensions=_EMPTY,
+                source=replace(call.source, certificate=""),
+            )
+            text = len(line)
+        weight = text + _ENTRY_OVERHEAD
+        with self._bytes_lock:
+            full = self._queued_bytes + weight > self._byte_limit
+            if not full:
+                self._queued_bytes += weight
+        if full:
+            with self._counts_lock:
+                self._dropped += 1
+            return
+        self._queue.append((call, decision, timings, decided_at, line, weight))
 
     # --- lifecycle --------------------------------------------------------------
 
     def add_observer(self, observer: DecisionObserver) -> None:
         """Register before `start`; observers run on the writer thread."""
         self._observers.append(observer)
+
+    def count_shed(self, reader: Callable[[], Mapping[str, int]]) -> None:
+        """Write one counted line per flush for the calls shed without a decision (`reader`: totals by reason).
+
+        Shed calls come in thousands a second exactly when CPU is short, so they get no line each: the writer
+        reads the totals when it wakes and writes one line with what changed."""
+        self._shed_reader = reader
 
     def start(self) -> None:
         """Open the destination and start the writer; raises OSError naming the destination when it cannot."""
@@ -166,21 +221,43 @@ class DecisionLog:
             stopping = self._stop.wait(interval)
             while self._queue:
                 self._drain_batch()
+                if self._queue and not stopping:
+                    time.sleep(_YIELD_S)
+            self._write_shed()
             if stopping:
                 return
+
+    def _write_shed(self) -> None:
+        if self._shed_reader is None or self.config.decisions == "off":
+            return
+        totals = self._shed_reader()
+        changed = {reason: count - self._shed_seen.get(reason, 0) for reason, count in totals.items()}
+        changed = {reason: count for reason, count in changed.items() if count}
+        if not changed:
+            return
+        now = time.time()
+        line = encode_line(build_shed_record(changed, self._shed_since, now))
+        self._shed_seen, self._shed_since = dict(totals), now
+        assert self._destination is not None
+        try:
+            self._destination.write(line + b"\n")
+        except (OSError, ValueError) as exc:
+            self._write_failures += 1
+            log.error("decision log: writing a shed line to %s failed: %s", self.config.decisions, exc)
 
     def _drain_batch(self) -> None:
         queue = self._queue
         writing = self.config.decisions != "off"
         lines: list[bytes] = []
-        encode, headers = encode_line, self._headers
-        taken = 0
+        encode, headers, limit = encode_line, self._headers, self.config.max_value_bytes
+        taken = released = 0
         for _ in range(_BATCH):
             try:
-                call, decision, timings, decided_at = queue.popleft()
+                call, decision, timings, decided_at, built, weight = queue.popleft()
             except IndexError:
                 break
             taken += 1
+            released += weight
             for observer in self._observers:
                 try:
                     observer.observe(call, decision, timings)
@@ -188,11 +265,15 @@ class DecisionLog:
                     log.exception("decision log: observer %r failed", observer)
             if writing:
                 try:
-                    lines.append(encode(build_record(call, decision, timings, decided_at, headers)))
+                    if built is None:
+                        built = encode(build_record(call, decision, timings, decided_at, headers, limit))
+                    lines.append(built)
                 except Exception:
                     log.exception("decision log: cannot serialise decision %s", decision.decision_id)
                     self._write_failures += 1
         self._decisions += taken
+        with self._bytes_lock:
+            self._queued_bytes -= released
         if not lines:
             return
         assert self._destination is not None

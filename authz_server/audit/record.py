@@ -22,6 +22,34 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 REDACTED = "[redacted]"
+MAX_VALUE_BYTES = 4096
+"""Default cap on each text value a line copies from the request (path, host, header values, ...)."""
+TRUNCATED = "...[truncated "
+"""Marks a value cut at the cap: `/a/b...[truncated 61440 bytes]`; the field is also named in `truncated`."""
+
+
+class _Clipper:
+    """Cuts request-controlled text to `limit` UTF-8 bytes and remembers which fields it cut.
+
+    Envoy passes request lines and headers up to 60 KiB by default (more when raised); a line must not grow with
+    them, or one caller sending long paths fills the log and the writer's memory."""
+
+    __slots__ = ("cut", "limit", "quick")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.quick = limit // 4  # at most 4 UTF-8 bytes per character: shorter text needs no encoding
+        self.cut: list[str] = []
+
+    def __call__(self, field: str, value: str) -> str:
+        if len(value) <= self.quick:
+            return value
+        data = value.encode("utf-8", "surrogatepass")
+        if len(data) <= self.limit:
+            return value
+        self.cut.append(field)
+        kept = data[: self.limit].decode("utf-8", "ignore")  # a character split by the cut is dropped whole
+        return f"{kept}{TRUNCATED}{len(data) - self.limit} bytes]"
 
 
 class HeaderFilter:
@@ -31,12 +59,16 @@ class HeaderFilter:
         self._keep = tuple(dict.fromkeys(name.lower() for name in keep))
         self._redact = frozenset(name.lower() for name in redact)
 
-    def __call__(self, headers: Mapping[str, str]) -> dict[str, str]:
+    def __call__(self, headers: Mapping[str, str], clip: _Clipper | None = None) -> dict[str, str]:
         kept = {}
         for name in self._keep:
             value = headers.get(name)
             if value is not None:
-                kept[name] = REDACTED if name in self._redact else value
+                if name in self._redact:
+                    value = REDACTED
+                elif clip is not None:
+                    value = clip(f"request.headers.{name}", value)
+                kept[name] = value
         return kept
 
 
@@ -87,25 +119,44 @@ def _us(value: float) -> float:
     return round(value, 1)
 
 
+def build_shed_record(shed: Mapping[str, int], since: float, until: float) -> dict[str, Any]:
+    """The counted line for calls answered `overloaded` without a decision between `since` and `until`."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": "shed",
+        "time": rfc3339(until),
+        "ts": round(until, 6),
+        "since": round(since, 6),
+        "shed": dict(shed),
+        "count": sum(shed.values()),
+    }
+
+
 def build_record(
-    call: Call, decision: Decision, timings: StageTimings, decided_at: float, headers: HeaderFilter
+    call: Call,
+    decision: Decision,
+    timings: StageTimings,
+    decided_at: float,
+    headers: HeaderFilter,
+    max_value_bytes: int = MAX_VALUE_BYTES,
 ) -> dict[str, Any]:
     identity = decision.identity
     policy = decision.policy
+    clip = _Clipper(max_value_bytes)
     source: dict[str, Any] | None = None
     identity_error: dict[str, str] | None = None
     if isinstance(identity, Identity):
         source = {
-            "spiffe_id": identity.spiffe_id,
+            "spiffe_id": clip("source.spiffe_id", identity.spiffe_id),
             "trust_domain": identity.trust_domain,
             "proof": identity.proof,
             "expires_at": identity.expires_at,
             "address": call.source.address,
         }
     elif isinstance(identity, IdentityFailure):
-        identity_error = {"reason": identity.reason, "detail": identity.detail}
+        identity_error = {"reason": identity.reason, "detail": clip("identity_error.detail", identity.detail)}
     path = policy.normalized_path if policy is not None and policy.normalized_path is not None else call.path
-    return {
+    record = {
         "schema": SCHEMA_VERSION,
         "decision_id": decision.decision_id,
         "time": rfc3339(decided_at),
@@ -116,18 +167,20 @@ def build_record(
         "mode": decision_mode(decision),
         "source": source,
         "identity_error": identity_error,
-        "peer": {"principal": call.source.principal, "address": call.source.address},
-        "destination": call.destination_principal,
+        "peer": {"principal": clip("peer.principal", call.source.principal), "address": call.source.address},
+        "destination": clip("destination", call.destination_principal),
         "request": {
-            "id": call.request_id,
-            "method": call.method,
-            "path": path,
-            "host": call.host,
+            "id": clip("request.id", call.request_id),
+            "method": clip("request.method", call.method),
+            "path": clip("request.path", path),
+            "host": clip("request.host", call.host),
             "scheme": call.scheme,
             "protocol": call.protocol,
             "size": call.size,
-            "headers": headers(call.headers),
-            "context_extensions": dict(call.context_extensions),
+            "headers": headers(call.headers, clip),
+            "context_extensions": {
+                k: clip(f"request.context_extensions.{k}", v) for k, v in call.context_extensions.items()
+            },
         },
         "policy": None
         if policy is None
@@ -153,3 +206,6 @@ def build_record(
             "total": _us(timings.total_us),
         },
     }
+    if clip.cut:
+        record["truncated"] = clip.cut
+    return record

@@ -1,4 +1,5 @@
-"""The JSON Schema every decision log line follows (shipped as decision-log.schema.json)."""
+"""The JSON Schemas of decision log lines: decisions (decision-log.schema.json) and the counted lines of calls shed
+without a decision (shed-line.schema.json)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ from importlib import resources
 from typing import Any
 
 
+def _load(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(resources.files("authz_server.audit").joinpath(name).read_text("utf-8"))
+    return schema
+
+
 @cache
 def decision_log_schema() -> dict[str, Any]:
-    text = resources.files("authz_server.audit").joinpath("decision-log.schema.json").read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+    return _load("decision-log.schema.json")
+
+
+@cache
+def shed_line_schema() -> dict[str, Any]:
+    return _load("shed-line.schema.json")

@@ -131,6 +131,10 @@ class LocalMesh:
     intermediate_ca: bool = False
     """Issue every SVID (Envoy's too) from an intermediate below the root in the bundle, as Istio's plug-in CA
     and SPIRE with an UpstreamAuthority do: peers then present leaf + intermediate."""
+    max_request_headers_kb: int | None = None
+    """Raise Envoy's 60 KiB cap on request headers (tests sending longer paths)."""
+    authz_timeout_s: float = 0.25
+    """Envoy's ext_authz timeout (a test measuring memory, not latency, raises it on a busy machine)."""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +193,8 @@ class LocalMesh:
             admin=Endpoint("127.0.0.1", free_port()),
             accept_untrusted_clients=self.accept_untrusted_clients,
             forward_client_cert=self.forward_client_cert,  # type: ignore[arg-type]
+            max_request_headers_kb=self.max_request_headers_kb,
+            authz_timeout_s=self.authz_timeout_s,
         )
         self.envoy = EnvoyProcess(spec, self.workdir / "envoy").start()
         return self
@@ -225,7 +231,7 @@ class LocalMesh:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for line in self.decisions():
-                if line["decision_id"] == decision_id:
+                if line.get("decision_id") == decision_id:  # counted `kind: shed` lines have none
                     return line
             time.sleep(0.05)
         raise AssertionError(f"decision {decision_id} never reached the decision log {self.decision_log}")

@@ -38,6 +38,13 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class UnixSocket:
+    """A Unix domain socket file: the server beside Envoy in one pod (`serve --listen unix:PATH`)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     """Envoy's own SVID and the trust bundle, from files (tests, demo)."""
 
@@ -61,7 +68,7 @@ class SpireSds:
 class SidecarSpec:
     listener: Endpoint
     upstream: Endpoint
-    authz: Endpoint | None
+    authz: Endpoint | UnixSocket | None
     """None: no ext_authz filter (the baseline the benchmarks compare against)."""
     tls: TlsFiles | SpireSds
     admin: Endpoint | None = None
@@ -83,13 +90,17 @@ class SidecarSpec:
     rbac: dict[str, Any] | None = None
     """An envoy.filters.http.rbac config (typed RBAC) used instead of ext_authz, for comparison."""
     access_log: bool = True
+    max_request_headers_kb: int | None = None
+    """Envoy's cap on a request's headers, path included (Envoy's default: 60 KiB; requests over it get 431)."""
     concurrency_hint: int = 0
     upstream_direct_response: str | None = None
     """Benchmarks: Envoy answers calls that pass the filters itself (200, this body) instead of proxying to
     `upstream`, so the upstream is never the bottleneck. None (the default): route to `upstream`."""
 
 
-def _socket(endpoint: Endpoint) -> dict[str, Any]:
+def _socket(endpoint: Endpoint | UnixSocket) -> dict[str, Any]:
+    if isinstance(endpoint, UnixSocket):
+        return {"pipe": {"path": endpoint.path}}
     return {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
 
 
@@ -100,7 +111,7 @@ AUTHZ_CONNECTION_LIFETIME = "300s"
 """Connections to the server are replaced this often, so the load spreads again after scaling or a restart."""
 
 
-def _static_cluster(name: str, endpoint: Endpoint, dns: bool = False) -> dict[str, Any]:
+def _static_cluster(name: str, endpoint: Endpoint | UnixSocket, dns: bool = False) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STRICT_DNS" if dns else "STATIC",
@@ -182,9 +193,11 @@ def _ext_authz_filter(spec: SidecarSpec) -> dict[str, Any]:
             },
             # The server verifies the caller's certificate itself instead of trusting Envoy's word.
             "include_peer_certificate": True,
-            # Fail closed: no answer from the decision point means no access.
+            # Fail closed: no answer from the decision point means no access. The answer is 503, not the default
+            # 403: an unreachable or overloaded server means "not now", as the server's own shed answer
+            # (503, retry-after) says; a 403 would tell the client it may never.
             "failure_mode_allow": False,
-            "status_on_error": {"code": "Forbidden"},
+            "status_on_error": {"code": "ServiceUnavailable"},
         },
     }
 
@@ -243,6 +256,8 @@ def _http_connection_manager(spec: SidecarSpec) -> dict[str, Any]:
         },
         "http_filters": _http_filters(spec),
     }
+    if spec.max_request_headers_kb is not None:
+        hcm["max_request_headers_kb"] = spec.max_request_headers_kb
     if spec.forward_client_cert in ("SANITIZE_SET", "APPEND_FORWARD"):
         hcm["set_current_client_cert_details"] = {"uri": True, "cert": True, "chain": True, "dns": True}
     if spec.access_log:

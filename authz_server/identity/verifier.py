@@ -7,6 +7,7 @@ against an old bundle outlives it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import urllib.parse
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from authz_server.call import Call
 from authz_server.identity.bundles import BundleSet
@@ -30,6 +32,28 @@ _XFCC_SINGLE_KEYS = ("by", "hash", "cert", "chain", "subject")
 
 _NEGATIVE_CACHE_MAX_KEY = 8192
 """Failures are remembered only for credentials up to this size, so junk cannot fill memory."""
+
+
+def credential_key(kind: str, *parts: str) -> bytes:
+    """The cache key of a credential: its SHA-256, 32 bytes whatever a caller sends (a field may be 4 MiB).
+
+    Credential text is never a key itself: `cache_size` keys of 100 KiB each would be a gigabyte."""
+    digest = hashlib.sha256(kind.encode())
+    for part in parts:
+        digest.update(b"\0" + part.encode("utf-8", "surrogatepass"))
+    return digest.digest()
+
+
+def chain_key(pem: str) -> bytes | None:
+    """The cache key of what a certificate field proves: the SHA-256 over the DER of its leaf (and any certificates
+    after it), whatever text surrounds the PEM blocks; None when the field holds no certificate."""
+    certs = decode_pem_certificates(urllib.parse.unquote(pem))
+    if isinstance(certs, IdentityFailure):
+        return None
+    digest = hashlib.sha256(b"chain")
+    for cert in certs:
+        digest.update(cert.fingerprint(hashes.SHA256()))
+    return digest.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +78,20 @@ class _ResultCache:
         self.misses = 0
 
     def get(self, key: Hashable, now: float) -> IdentityResult | None:
+        entry = self.entry(key, now)
+        return entry[0] if entry is not None else None
+
+    def entry(self, key: Hashable, now: float, count: bool = True) -> tuple[IdentityResult, float] | None:
+        """The result and the moment it stops being valid, or None; `count` False leaves hits and misses alone."""
         with self._lock:
             entry = self._good.get(key) or self._bad.get(key)
-            if entry is not None and now < entry[1]:
-                self.hits += 1
-                return entry[0]
-            self.misses += 1
-            return None
+            found = entry is not None and now < entry[1]
+            if count:
+                if found:
+                    self.hits += 1
+                else:
+                    self.misses += 1
+            return entry if found else None
 
     def put(self, key: Hashable, result: IdentityResult, until: float) -> None:
         failed = isinstance(result, IdentityFailure)
@@ -129,18 +160,21 @@ class IdentityVerifier:
         raw = call.source.certificate
         if not raw:
             return None
-        result = self._cache.get(raw, now)
+        key = credential_key("certificate", raw)
+        result = self._cache.get(key, now)
         if not isinstance(result, Identity):
             # Envoy forwards only the leaf. Under an intermediate CA (Istio's plug-in cacerts, SPIRE with an
             # UpstreamAuthority) the chain comes from the XFCC element the local proxy appended. A leaf once
             # chained to the bundle is cached by itself; a failure is cached with the header it was judged with.
             header = call.headers.get(XFCC_HEADER, "") if self._chain_from_xfcc else ""
-            key: Hashable = ("certificate", raw, header, call.destination_principal) if header else raw
+            judged = credential_key("certificate", raw, header, call.destination_principal) if header else key
             if header:
-                result = self._cache.get(key, now)
+                result = self._cache.get(judged, now)
             if result is None:
-                result, until = self._verify_certificate(raw, header, call.destination_principal, now)
-                self._remember(raw if isinstance(result, Identity) else key, len(raw) + len(header), result, until, now)
+                result, until = self._certificate_result(raw, header, call.destination_principal, now)
+                self._remember(
+                    key if isinstance(result, Identity) else judged, len(raw) + len(header), result, until, now
+                )
         principal = call.source.principal
         if principal and isinstance(result, Identity) and principal != result.spiffe_id:
             return IdentityFailure(
@@ -148,6 +182,19 @@ class IdentityVerifier:
                 f"Envoy's principal {principal!r} differs from the certificate's SPIFFE ID {result.spiffe_id!r}",
             )
         return result
+
+    def _certificate_result(self, raw: str, header: str, destination: str, now: float) -> tuple[IdentityResult, float]:
+        """A field not seen before: text around the PEM differs, the certificates may not. Those are verified once
+        (without a sidecar chain: with one, the result also depends on the header, cached by the caller)."""
+        proven = chain_key(raw) if not header else None
+        if proven is None:
+            return self._verify_certificate(raw, header, destination, now)
+        entry = self._cache.entry(proven, now, count=False)  # the field's own lookup was counted
+        if entry is not None:
+            return entry
+        result, until = self._verify_certificate(raw, header, destination, now)
+        self._remember(proven, 0, result, until, now)
+        return result, until
 
     def _verify_certificate(self, raw: str, header: str, destination: str, now: float) -> tuple[IdentityResult, float]:
         certs = decode_pem_certificates(urllib.parse.unquote(raw))
@@ -198,7 +245,7 @@ class IdentityVerifier:
         if not header:
             return None
         # Whom the header's author must be can depend on the destination, so it is part of the key.
-        key = ("xfcc", header, call.destination_principal)
+        key = credential_key("xfcc", header, call.destination_principal)
         result = self._cache.get(key, now)
         if result is None:
             result, until = self._verify_xfcc(header, call.destination_principal, now)
@@ -273,7 +320,7 @@ class IdentityVerifier:
                 IdentityReason.JWT_INVALID,
                 "no audience to check the JWT-SVID against: the destination principal is empty and jwt_audience unset",
             )
-        key = ("jwt", token, audience)
+        key = credential_key("jwt", token, audience)
         result = self._cache.get(key, now)
         if result is None:
             result = verify_jwt_svid(token, audience, self.bundles)
@@ -285,7 +332,7 @@ class IdentityVerifier:
         principal = call.source.principal
         if not principal:
             return None
-        key = ("principal", principal)
+        key = credential_key("principal", principal)
         result = self._cache.get(key, now)
         if result is None:
             result = self._principal_identity(principal)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from authz_server.audit.record import decision_mode
 from authz_server.authorizer import StageTimings
@@ -48,53 +50,62 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 STAGES = ("parse", "identity", "policy", "risk", "response")
 
 
-class DecisionMetrics:
-    """Per-decision series; a DecisionObserver of the decision log."""
+class _Histogram:
+    """Bucket counts and a sum, updated by one thread and read whole at scrape time."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are "less than or equal": the first bound >= value.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), list(self.counts), strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family.add_metric(labels, buckets, self.total)
+
+
+def _counters(
+    name: str, documentation: str, labels: tuple[str, ...], counts: dict[tuple[str, str, str], int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, count in list(counts.items()):  # a copy: the writer thread may add a key meanwhile
+        family.add_metric(list(values), count)
+    return family
+
+
+class DecisionMetrics(Collector):
+    """Per-decision series; a DecisionObserver of the decision log, and the collector that exposes them.
+
+    Only the decision log's writer thread calls `observe`, so the counts are plain ints and lists with no lock:
+    prometheus_client's Counter and Histogram take a lock and walk every bucket on each update, ~11 µs of the
+    writer's CPU per decision (which the request path waits for through the GIL); these take ~3 µs
+    (benchmarks/RESULTS.md, "What each change bought"). A scrape may read a decision's counter before its histograms;
+    each histogram's count is the sum of its own buckets, so it is always consistent in itself.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.decisions = Counter(
-            "authz_decisions",
-            "Decisions taken, by verdict, reason code and mode.",
-            ("verdict", "reason", "mode"),
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "authz_decision_duration_seconds",
-            "In-process time to decide one call (parse to serialized response).",
-            buckets=LATENCY_BUCKETS_S,
-            registry=registry,
-        )
-        self.stage_duration = Histogram(
-            "authz_stage_duration_seconds",
-            "Time spent in each stage of the decision path.",
-            ("stage",),
-            buckets=LATENCY_BUCKETS_S,
-            registry=registry,
-        )
-        self.risk_score = Histogram(
-            "authz_risk_score",
-            "Risk scores of scored calls (0 = normal, 1 = most anomalous).",
-            buckets=SCORE_BUCKETS,
-            registry=registry,
-        )
-        self.risk_assessments = Counter(
-            "authz_risk_assessments",
-            "Risk assessments by status (scored, skipped, disabled) and action.",
-            ("status", "action", "shadow"),
-            registry=registry,
-        )
-        self.budget_overruns = Counter(
-            "authz_risk_budget_overruns",
-            "Calls whose risk scoring was skipped because it could not finish within its latency budget.",
-            registry=registry,
-        )
-        # Children are resolved once: labels() takes a lock and a dict lookup per call otherwise.
-        self._stage_children = tuple(self.stage_duration.labels(stage) for stage in STAGES)
+        self._decisions: dict[tuple[str, str, str], int] = {}
+        self._duration = _Histogram(LATENCY_BUCKETS_S)
+        self._stages = tuple(_Histogram(LATENCY_BUCKETS_S) for _ in STAGES)
+        self._risk_score = _Histogram(SCORE_BUCKETS)
+        self._risk_assessments: dict[tuple[str, str, str], int] = {}
+        self._budget_overruns = 0
+        registry.register(self)
 
     def observe(self, call: Call, decision: Decision, timings: StageTimings) -> None:
-        self.decisions.labels(decision.verdict.value, decision.reason, decision_mode(decision)).inc()
-        self.duration.observe(timings.total_us / 1e6)
-        parse, identity, policy, risk, response = self._stage_children
+        key = (decision.verdict.value, decision.reason, decision_mode(decision))
+        self._decisions[key] = self._decisions.get(key, 0) + 1
+        self._duration.observe(timings.total_us / 1e6)
+        parse, identity, policy, risk, response = self._stages
         parse.observe(timings.parse_us / 1e6)
         identity.observe(timings.identity_us / 1e6)
         response.observe(timings.response_us / 1e6)
@@ -103,11 +114,44 @@ class DecisionMetrics:
         outcome = decision.risk
         if outcome is not None:
             risk.observe(timings.risk_us / 1e6)
-            self.risk_assessments.labels(outcome.status.value, outcome.action.value, str(outcome.shadow).lower()).inc()
+            assessed = (outcome.status.value, outcome.action.value, "true" if outcome.shadow else "false")
+            self._risk_assessments[assessed] = self._risk_assessments.get(assessed, 0) + 1
             if outcome.status is RiskStatus.SCORED and outcome.score is not None:
-                self.risk_score.observe(outcome.score)
+                self._risk_score.observe(outcome.score)
             elif outcome.status is RiskStatus.SKIPPED:
-                self.budget_overruns.inc()
+                self._budget_overruns += 1
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        decisions = _counters(
+            "authz_decisions", "Decisions taken, by verdict, reason code and mode.", ("verdict", "reason", "mode"),
+            self._decisions,
+        )  # fmt: skip
+        duration = HistogramMetricFamily(
+            "authz_decision_duration_seconds", "In-process time to decide one call (parse to serialized response)."
+        )
+        self._duration.add_to(duration, [])
+        stages = HistogramMetricFamily(
+            "authz_stage_duration_seconds", "Time spent in each stage of the decision path.", labels=("stage",)
+        )
+        for stage, histogram in zip(STAGES, self._stages, strict=True):
+            histogram.add_to(stages, [stage])
+        score = HistogramMetricFamily(
+            "authz_risk_score", "Risk scores of scored calls (0 = normal, 1 = most anomalous)."
+        )
+        self._risk_score.add_to(score, [])
+        assessments = _counters(
+            "authz_risk_assessments", "Risk assessments by status (scored, skipped, disabled) and action.",
+            ("status", "action", "shadow"), self._risk_assessments,
+        )  # fmt: skip
+        overruns = CounterMetricFamily(
+            "authz_risk_budget_overruns",
+            "Calls whose risk scoring was skipped because it could not finish within its latency budget.",
+        )
+        overruns.add_metric([], self._budget_overruns)
+        yield from (decisions, duration, stages, score, assessments, overruns)
 
 
 @dataclass
@@ -294,3 +338,49 @@ class ServerCollector(Collector):
         depth = GaugeMetricFamily("authz_decision_log_queue_depth", "Decisions waiting for the log writer.")
         depth.add_metric([], decision_log.queued)
         yield from (dropped, failed, written, depth)
+
+
+class AdmissionCounters(Protocol):
+    """What the admission collector reads (transport.admission.Admission satisfies it)."""
+
+    @property
+    def shed(self) -> Mapping[str, int]: ...
+
+    @property
+    def decided(self) -> int: ...
+
+    @property
+    def late(self) -> int: ...
+
+    @property
+    def expected_cost_s(self) -> float: ...
+
+
+class AdmissionCollector(Collector):
+    """Calls shed before deciding, decided calls answered too late, and the cost admission expects (scrape time)."""
+
+    def __init__(self, admission: AdmissionCounters) -> None:
+        self._admission = admission
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        admission = self._admission
+        shed = CounterMetricFamily(
+            "authz_shed", "Calls answered 503 'overloaded' without being decided, by reason.", labels=("reason",)
+        )
+        for reason, count in admission.shed.items():
+            shed.add_metric([str(reason)], count)
+        decided = CounterMetricFamily("authz_admission_decided", "Calls admitted and decided.")
+        decided.add_metric([], admission.decided)
+        late = CounterMetricFamily(
+            "authz_admission_late", "Decided calls whose answer left after their gRPC deadline (Envoy gave up)."
+        )
+        late.add_metric([], admission.late)
+        cost = GaugeMetricFamily(
+            "authz_admission_expected_decision_seconds",
+            "Moving average of the decision time; a call whose deadline leaves less (plus reserve_ms) is shed.",
+        )
+        cost.add_metric([], admission.expected_cost_s)
+        yield from (shed, decided, late, cost)

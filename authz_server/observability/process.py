@@ -11,7 +11,13 @@ from authz_server.audit.log import DecisionLog
 from authz_server.observability.config import MetricsConfig
 from authz_server.observability.health import Readiness
 from authz_server.observability.http import OpsServer, StatusReader, parse_listen
-from authz_server.observability.metrics import DecisionMetrics, ServerCollector, StageClock
+from authz_server.observability.metrics import (
+    AdmissionCollector,
+    AdmissionCounters,
+    DecisionMetrics,
+    ServerCollector,
+    StageClock,
+)
 
 log = logging.getLogger("authz_server.observability")
 
@@ -29,6 +35,7 @@ class Observability:
         decision_log: DecisionLog,
         stages: Callable[[], Mapping[str, StatusReader]],
         port_offset: int = 0,
+        admission: AdmissionCounters | None = None,
     ) -> None:
         self.config = config
         self.registry = CollectorRegistry()
@@ -37,6 +44,8 @@ class Observability:
         self.decisions = DecisionMetrics(self.registry)
         decision_log.add_observer(self.decisions)
         self.registry.register(ServerCollector(stages, lambda: self.readiness.ready, self.clock, decision_log))
+        if admission is not None:
+            self.registry.register(AdmissionCollector(admission))
         if config.process_metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)

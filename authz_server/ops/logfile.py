@@ -30,6 +30,8 @@ class ReadStats:
     lines: int = 0
     decisions: int = 0
     skipped: int = 0
+    shed: int = 0
+    """Calls answered 'overloaded' without a decision, from the log's counted `kind: shed` lines."""
     problems: list[str] = field(default_factory=list)
     """The first few problems, each naming file and line."""
 
@@ -113,6 +115,9 @@ def read_decisions(paths: Iterable[str], stats: ReadStats | None = None) -> Iter
                     record = json.loads(text)
                 except json.JSONDecodeError as exc:
                     stats.skip(where, f"invalid JSON ({exc.msg})")
+                    continue
+                if isinstance(record, dict) and record.get("kind") == "shed":
+                    stats.shed += int(record.get("count") or 0)
                     continue
                 if not isinstance(record, dict) or "decision_id" not in record or "verdict" not in record:
                     stats.skip(where, "not a decision line")

@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from authz_server.config import ENV_PREFIX, PROCESS_VARIABLES, Config, dump_config
+from authz_server.config import ENV_PREFIX, PROCESS_VARIABLES, UNIX_PREFIX, Config, dump_config
 from authz_server.transport.serve import EXIT_CANNOT_START, ServerProcess
 
 log = logging.getLogger("authz_server.workers")
@@ -78,6 +78,8 @@ def available_cpus(root: Path = CGROUP_ROOT) -> int:
 
 
 def worker_count(config: Config) -> int:
+    if config.listen.startswith(UNIX_PREFIX):
+        return 1  # SO_REUSEPORT shares TCP ports only; a socket file has one listener
     return config.workers or available_cpus()
 
 

@@ -27,6 +27,9 @@ def test_the_gate_measures_the_decision_path_and_the_real_server(tmp_path: Path)
     measured = json.loads(out.read_text())
     assert measured["inprocess"]["median_p50_us"] > 0
     assert measured["grpc"]["rps"] > 0 and measured["grpc"]["errors"] == 0
+    # The same run measured the always-allow floor, and the gate holds the server to a share of it.
+    assert measured["grpc"]["floor_rps"] > 0
+    assert measured["grpc"]["floor_share"] == pytest.approx(measured["grpc"]["rps"] / measured["grpc"]["floor_rps"])
 
 
 def test_the_gate_fails_a_build_below_its_floor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

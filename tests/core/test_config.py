@@ -45,7 +45,7 @@ def test_type_and_semantic_problems_are_reported_in_one_pass(tmp_path: Path) -> 
         load_config(path, {})
     assert raised.value.problems == [
         f"threads: expected int, got 'many' (in {path})",
-        f"listen: expected HOST:PORT, got 'nowhere' (in {path})",
+        f"listen: expected HOST:PORT or unix:/PATH, got 'nowhere' (in {path})",
         f"risk.budget_ms: must be > 0, got -1.0 (in {path})",
     ]
 

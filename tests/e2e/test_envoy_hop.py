@@ -124,5 +124,5 @@ def test_with_the_server_gone_envoy_fails_closed(tmp_path: Path) -> None:
 
         reply = mesh.call(CHECKOUT, "GET", "/v1/charges")
 
-        assert reply.status == 403
+        assert reply.status == 503, "status_on_error: no decision point is 'not now', never a pass"
         assert mesh.echo.requests == before

@@ -1,0 +1,134 @@
+"""Admission: decide only the calls whose answer can still arrive in time; answer the rest at once.
+
+Under overload a server that decides every call in arrival order spends its
+CPU on calls whose caller has already given up (Envoy turns a late answer into
+`status_on_error`), and every call ends up late. Three bounds keep it deciding
+fresh calls instead:
+
+1. `max_queued`: calls that may wait inside gRPC's C core for the Python
+   server loop to take them. Past it the core resets the new call's stream at
+   once (the client sees CANCELLED), before any Python runs: the cheapest
+   refusal there is. A call whose deadline passes while it waits there is
+   dropped by the core too. Shedding in Python comes too late to save much: a
+   call costs about two thirds of its CPU in gRPC's Python layers before the
+   handler even starts (benchmarks/RESULTS.md, "The hop").
+2. `max_in_flight`: calls the Python server holds (aio: being read or decided;
+   sync: queued for or on a handler thread). Past it gRPC refuses the call with
+   RESOURCE_EXHAUSTED before the handler, the request parse or the decision.
+   Together the two bounds cap how stale a decided call can be: about
+   (max_in_flight + max_queued) x the cost of one call.
+3. The deadline: a call that reaches the handler with its deadline passed, or
+   leaving less than the expected decision time (a moving average of recent
+   decisions) plus `reserve_ms`, is not decided. It gets `SHED_RESPONSE` at once.
+
+`SHED_RESPONSE` is a CheckResponse, not a gRPC error: a denial with HTTP 503,
+`retry-after: 1` and `x-authz-reason: overloaded`. With `failure_mode_allow:
+false` Envoy turns a gRPC error into `status_on_error`, whose default, 403,
+tells the client "you may not" when the truth is "not now"; a 503 says retry
+(a client's or Envoy's `retry_on: 5xx` does, ideally to another replica) and
+still lets nothing through. The refusals of 1. and 2. are gRPC errors by
+necessity, so the Envoy configuration this project renders sets
+`status_on_error` to 503 as well: every overload answer reads the same.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from enum import StrEnum
+
+from authz_server._proto.envoy.config.core.v3 import base_pb2
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz_server._proto.envoy.type.v3 import http_status_pb2
+from authz_server._proto.google.rpc import status_pb2
+from authz_server.response import DECISION, REASON
+from authz_server.transport.config import AdmissionConfig
+
+OVERLOADED = "overloaded"
+RETRY_AFTER_S = 1
+_GRPC_UNAVAILABLE = 14
+_ns = time.perf_counter_ns
+
+
+class ShedReason(StrEnum):
+    DEADLINE = "deadline"
+    """The call's deadline had passed, or left less than the expected decision time."""
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value))
+
+
+def _shed_response() -> bytes:
+    response = external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=_GRPC_UNAVAILABLE, message=OVERLOADED),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+            headers=[
+                _header(DECISION, "deny"),
+                _header(REASON, OVERLOADED),
+                _header("retry-after", str(RETRY_AFTER_S)),
+                _header("content-type", "application/json"),
+            ],
+            body='{"decision":"deny","reason":"overloaded"}',
+        ),
+    )
+    return response.SerializeToString()
+
+
+SHED_RESPONSE = _shed_response()
+"""The serialized CheckResponse for a call that is not decided: 503, retry-after, nothing let through."""
+
+_INITIAL_COST_S = 0.001
+_EWMA_WEIGHT = 1 / 64
+"""A new decision moves the expected cost by 1/64: it follows a slower model within ~100 calls, one slow call
+(a GC pause) barely moves it."""
+
+
+class Admission:
+    """Counts and bounds one process's calls; shared by the handler threads (sync) or the event loop (aio)."""
+
+    def __init__(self, config: AdmissionConfig) -> None:
+        self.config = config
+        self._reserve_s = config.reserve_ms / 1000.0
+        self._cost_s = _INITIAL_COST_S
+        self._lock = threading.Lock()
+        self.shed: dict[str, int] = dict.fromkeys(ShedReason, 0)
+        self.decided = 0
+        self.late = 0
+        """Calls decided but answered after their deadline: the caller had already been given status_on_error."""
+
+    @property
+    def expected_cost_s(self) -> float:
+        return self._cost_s
+
+    def shed_counts(self) -> dict[str, int]:
+        """Calls shed since start, by reason (a copy, for the decision log's writer thread)."""
+        with self._lock:
+            return dict(self.shed)
+
+    def admit(self, time_remaining_s: float | None) -> ShedReason | None:
+        """None when the call should be decided, else why it is shed (and counted)."""
+        if time_remaining_s is None or time_remaining_s >= self._cost_s + self._reserve_s:
+            return None
+        with self._lock:
+            self.shed[ShedReason.DEADLINE] += 1
+        return ShedReason.DEADLINE
+
+    def finished(self, started_ns: int, time_remaining_s: float | None) -> None:
+        """Record one decided call that started at `started_ns` with `time_remaining_s` left."""
+        took_s = (_ns() - started_ns) / 1e9
+        with self._lock:
+            self._cost_s += (took_s - self._cost_s) * _EWMA_WEIGHT
+            self.decided += 1
+            if time_remaining_s is not None and took_s > time_remaining_s:
+                self.late += 1
+
+
+def grpc_options(config: AdmissionConfig) -> list[tuple[str, int]]:
+    """gRPC core arguments bounding the calls that wait before any Python runs."""
+    return [
+        # Below the soft limit nothing is refused; between soft and hard a share growing to 1; above, all.
+        ("grpc.server.max_pending_requests", config.max_queued),
+        ("grpc.server.max_pending_requests_hard_limit", config.max_queued),
+    ]

@@ -1,0 +1,171 @@
+"""Admission under overload: calls that cannot be answered in time are not decided, and say so at once.
+
+Both transports, over real gRPC to `authz-server serve`: a call whose deadline leaves less than the expected
+decision time gets the documented 503 `overloaded` CheckResponse without being decided (no decision line, a counted
+`kind: shed` line, `authz_shed_total`); calls beyond the in-flight and queue bounds are refused by gRPC itself
+(RESOURCE_EXHAUSTED past `max_in_flight`, a reset stream, CANCELLED, past `max_queued`), which Envoy turns into
+`status_on_error`, and every other call is still decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jsonschema
+import pytest
+
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz_server.audit.schema import decision_log_schema, shed_line_schema
+from authz_server.dev.mesh import free_port
+from authz_server.transport.admission import SHED_RESPONSE, Admission, ShedReason
+from authz_server.transport.config import AdmissionConfig
+from authz_server.transport.grpc_server import decide_admitted
+from tests.ops.ops_support import BILLING, Workspace, read_lines, run_log
+from tests.ops.test_metrics_health import get, value
+from tests.ops.test_server_ops import server, wait_for
+
+CHECK = "/envoy.service.auth.v3.Authorization/Check"
+TRANSPORTS = ("aio", "sync")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
+
+
+def header(response: external_auth_pb2.CheckResponse, name: str) -> str:
+    return next(o.header.value for o in response.denied_response.headers if o.header.key == name)
+
+
+def assert_shed(reply: bytes) -> None:
+    """The documented answer: denied with 503, reason overloaded, retry-after; gRPC status UNAVAILABLE inside."""
+    response = external_auth_pb2.CheckResponse.FromString(reply)
+    assert response.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert response.denied_response.status.code == 503
+    assert header(response, "x-authz-decision") == "deny"
+    assert header(response, "x-authz-reason") == "overloaded"
+    assert header(response, "retry-after") == "1"
+    assert not response.HasField("ok_response")
+
+
+def test_a_call_whose_deadline_has_passed_is_answered_without_deciding(workspace: Workspace, tmp_path: Path) -> None:
+    log = run_log(tmp_path / "decisions.jsonl")
+    admission = Admission(AdmissionConfig())
+    authorizer = workspace.authorizer(log)
+    request = workspace.request(BILLING, "GET", "/v1/charges/1").SerializeToString()
+    try:
+        late = decide_admitted(authorizer, admission, request, -0.001)
+        allowed = decide_admitted(authorizer, admission, request, None)
+    finally:
+        log.close()
+    assert late == SHED_RESPONSE
+    assert_shed(late)
+    assert external_auth_pb2.CheckResponse.FromString(allowed).status.code == 0
+    assert admission.shed == {ShedReason.DEADLINE: 1} and admission.decided == 1
+    assert len([line for line in read_lines(tmp_path / "decisions.jsonl") if "decision_id" in line]) == 1
+
+
+def serve(workspace: Workspace, tmp_path: Path, transport: str, **admission: Any) -> tuple[dict[str, Any], int]:
+    port, metrics = free_port(), free_port()
+    config = workspace.server_config(
+        listen=f"127.0.0.1:{port}",
+        transport=transport,
+        metrics={"listen": f"127.0.0.1:{metrics}"},
+        log={"decisions": str(tmp_path / "decisions.jsonl"), "flush_interval_ms": 20},
+        admission=admission,
+    )
+    return config, port
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_deadline_shorter_than_a_decision_is_shed_at_once_and_counted(
+    workspace: Workspace, tmp_path: Path, transport: str
+) -> None:
+    # reserve_ms far above the deadline makes every call with a deadline one that "cannot be met".
+    config, port = serve(workspace, tmp_path, transport, reserve_ms=60_000)
+    metrics = int(config["metrics"]["listen"].rsplit(":", 1)[1])
+    request = workspace.request(BILLING, "GET", "/v1/charges/1").SerializeToString()
+    with server(workspace, tmp_path, config) as process:
+        wait_for(lambda: get(metrics, "/readyz")[0] == 200, 60, "ready", process, tmp_path)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = channel.unary_unary(CHECK, request_serializer=None, response_deserializer=None)
+            started = time.monotonic()
+            shed = check(request, timeout=5)
+            waited = time.monotonic() - started
+            decided = check(request)  # no deadline: nothing to miss
+        assert_shed(shed)
+        assert waited < 5, "answered, not left to run into its deadline"
+        assert external_auth_pb2.CheckResponse.FromString(decided).status.code == 0
+
+        def counted() -> bool:
+            text = get(metrics, "/metrics")[1]
+            return value(text, "authz_shed_total", reason="deadline") == 1
+
+        wait_for(counted, 10, "authz_shed_total 1", process, tmp_path)
+        text = get(metrics, "/metrics")[1]
+        assert value(text, "authz_admission_decided_total") == 1
+        wait_for(lambda: (tmp_path / "decisions.jsonl").exists(), 10, "decision log", process, tmp_path)
+
+        def logged() -> list[dict[str, Any]]:
+            return read_lines(tmp_path / "decisions.jsonl")
+
+        def both_written() -> bool:
+            lines = logged()
+            return any("decision_id" in line for line in lines) and any(line.get("kind") == "shed" for line in lines)
+
+        wait_for(both_written, 10, "the decision and the shed line", process, tmp_path)
+        lines = logged()
+    decisions = [line for line in lines if "decision_id" in line]
+    shed_lines = [line for line in lines if line.get("kind") == "shed"]
+    assert len(decisions) == 1 and decisions[0]["verdict"] == "allow"
+    assert sum(line["count"] for line in shed_lines) == 1 and shed_lines[0]["shed"] == {"deadline": 1}
+    for line in decisions:
+        jsonschema.validate(line, decision_log_schema())
+    for line in shed_lines:
+        jsonschema.validate(line, shed_line_schema())
+
+
+async def burst(port: int, request: bytes, count: int) -> list[str]:
+    """`count` calls at once over one connection, as an Envoy worker multiplexes them; each call's outcome."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        check = channel.unary_unary(CHECK, request_serializer=None, response_deserializer=None)
+
+        async def one() -> str:
+            try:
+                reply = await check(request, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+            return "allowed" if external_auth_pb2.CheckResponse.FromString(reply).status.code == 0 else "denied"
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_calls_beyond_the_in_flight_and_queue_bounds_are_refused_and_the_rest_decided(
+    workspace: Workspace, tmp_path: Path, transport: str
+) -> None:
+    config, port = serve(workspace, tmp_path, transport, max_in_flight=1, max_queued=0)
+    metrics = int(config["metrics"]["listen"].rsplit(":", 1)[1])
+    request = workspace.request(BILLING, "GET", "/v1/charges/1").SerializeToString()
+    with server(workspace, tmp_path, config) as process:
+        wait_for(lambda: get(metrics, "/readyz")[0] == 200, 60, "ready", process, tmp_path)
+        outcomes = asyncio.run(burst(port, request, 300))
+        text = get(metrics, "/metrics")[1]
+    counts = {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
+    assert set(counts) <= {"allowed", "RESOURCE_EXHAUSTED", "CANCELLED"}, counts
+    refused = counts.get("RESOURCE_EXHAUSTED", 0) + counts.get("CANCELLED", 0)
+    assert refused > 0 and counts.get("allowed", 0) > 0, counts
+    assert value(text, "authz_admission_decided_total") >= counts["allowed"]
+
+
+def test_admission_bounds_are_validated() -> None:
+    problems = AdmissionConfig(max_in_flight=0, max_queued=-1, reserve_ms=-1).validate()
+    assert problems == [
+        "max_in_flight: must be >= 1, got 0",
+        "max_queued: must be >= 0, got -1",
+        "reserve_ms: must be >= 0, got -1",
+    ]
