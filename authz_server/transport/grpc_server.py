@@ -104,7 +104,8 @@ def _sync_check(slot: AuthorizerSlot, admission: Admission) -> Callable[[bytes, 
         try:
             return decide_admitted(authorizer, admission, data, context.time_remaining(), callers, metadata)  # type: ignore[arg-type]
         except CheckRefused as refused:
-            return context.abort(refused.code, str(refused))  # abort raises: nothing is returned
+            context.abort(refused.code, str(refused))
+            raise  # not reached: abort raises
 
     return check
 
@@ -119,7 +120,8 @@ def _aio_check(slot: AuthorizerSlot, admission: Admission) -> Callable[[bytes, g
         try:
             return decide_admitted(authorizer, admission, data, context.time_remaining(), callers, metadata)  # type: ignore[arg-type]
         except CheckRefused as refused:
-            return await context.abort(refused.code, str(refused))  # abort raises: nothing is returned
+            await context.abort(refused.code, str(refused))
+            raise  # not reached: abort raises
 
     return check
 
