@@ -46,7 +46,7 @@ _ENTRY_OVERHEAD = 1024
 # The writer takes the GIL from the thread answering checks. Draining 512 lines in one go held it for ~15 ms, and
 # the answering thread waited up to a switch interval (5 ms) each time it wanted it back. Batches of 64 with a
 # 0.2 ms sleep between them hand it back on the writer's terms: at a steady 600 checks/s the client p50 fell from
-# 3.45 to 2.45 ms (benchmarks/RESULTS.md, "What each change bought").
+# 2.55 to 2.10 ms and the p99 from 66 to 30 ms (benchmarks/RESULTS.md, "What each change bought").
 _BATCH = 64
 _YIELD_S = 0.0002
 # The writer shares the GIL with the deciding threads, so its CPU is theirs: orjson writes a line in ~3 µs where

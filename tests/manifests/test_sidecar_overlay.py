@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 from manifest_support import MANIFESTS, build, config_show, container, find
-from test_manifest_consistency import hardening_problems
+from test_manifest_consistency import hardening_problems, network_policy_admits
 from test_manifest_schemas import validate_object
 
 from authz_server.envoy.bootstrap import EXT_AUTHZ_CLUSTER
@@ -96,3 +96,14 @@ def test_envoy_accepts_the_socket_bootstrap() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_metrics_port_is_open_to_monitoring_only_and_the_server_has_no_network_port() -> None:
+    objects = build(OVERLAY)
+    policy = find(objects, "NetworkPolicy", "payments-api")
+    pod_labels = find(objects, "Deployment", "payments-api")["spec"]["template"]["metadata"]["labels"]
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert network_policy_admits(policy, 9090, monitoring, {})
+    assert not network_policy_admits(policy, 9090, {"kubernetes.io/metadata.name": "payments"}, pod_labels)
+    # Checks arrive over the socket only: the server's container publishes no gRPC port.
+    assert [p["containerPort"] for p in container(_pod(objects), SERVER)["ports"]] == [9090]
