@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz_server.dev.mesh import TRUST_DOMAIN, free_port
 from authz_server.dev.trust_domain import TrustDomainCA
+from authz_server.transport.serve import EXIT_CANNOT_START
 
 
 def _authz_server(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -180,7 +181,7 @@ def test_a_unix_socket_left_by_a_crashed_server_is_replaced_and_answers_checks(t
 
         # A second server on the same socket is refused while the first one serves.
         second = _authz_server("serve", "--config", str(tmp_path / "socket-config.yaml"))
-        assert second.returncode == 1
+        assert second.returncode == EXIT_CANNOT_START
         assert f"{path} is in use by another server" in second.stderr
 
         assert _sigterm(server) == 0

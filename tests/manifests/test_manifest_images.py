@@ -105,7 +105,13 @@ def test_the_operators_image_reaches_every_container_of_the_overlay_and_its_comp
     assert not wrong, "containers not on the operator's image:\n" + "\n".join(wrong)
 
 
+CENTRAL_ONLY = {"components/retraining"}
+"""Components that patch the central Deployment, which the sidecar layout (overlays/sidecar) does not run."""
+
+
 def _applies(component: str, overlay: str) -> bool:
     """Components made for one mesh say so in their path (components/<mesh>-...)."""
+    if overlay == "sidecar" and component in CENTRAL_ONLY:
+        return False
     mesh = Path(component).parts[1].split("-", 1)[0]
     return mesh not in {o for o in _overlays() if o != overlay}
