@@ -14,6 +14,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -74,10 +75,18 @@ class DecisionIds:
 
 
 class Authorizer:
-    def __init__(self, runtime: Runtime, sink: DecisionSink, ids: DecisionIds | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        sink: DecisionSink,
+        ids: DecisionIds | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._runtime = runtime
         self._sink = sink
         self._next_id = ids or DecisionIds()
+        self._clock = clock
+        """The wall clock; the risk lab replays simulated days through the real path with a simulated one."""
         self._swap_lock = threading.Lock()
 
     @property
@@ -95,7 +104,7 @@ class Authorizer:
         runtime = self._runtime
         t0 = _ns()
         call = parse_call(request)
-        now = time.time()
+        now = self._clock()
         t1 = _ns()
         identity = runtime.identity.verify(call, now)
         t2 = _ns()
