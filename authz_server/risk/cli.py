@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SEED = 7
-DEFAULT_EVAL_SEED = 11
 DEFAULT_DAYS = 3.0
 
 
-def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
-    model = commands.add_parser("model", help="build, train, evaluate and inspect the risk model")
-    sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
-
+def add_train_and_info(sub: argparse._SubParsersAction[Any]) -> None:
+    """`model train` and `model info` (authz_server.risklab.cli registers the `model` command)."""
     train = sub.add_parser("train", help="train an anomaly model from decision logs (or the synthetic baseline)")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--baseline", nargs="+", metavar="DECISION_LOG", help="decision log files (JSON lines)")
@@ -33,23 +30,6 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     train.add_argument("--seed", type=int, default=DEFAULT_SEED)
     train.add_argument("--out", required=True, metavar="MODEL.onnx")
     train.set_defaults(handler=_train)
-
-    synth = sub.add_parser("synth", help="generate the synthetic mesh baseline as decision-log-like JSON lines")
-    synth.add_argument("--out", required=True, metavar="DIR")
-    synth.add_argument("--days", type=float, default=DEFAULT_DAYS)
-    synth.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    synth.add_argument("--scenarios", action="store_true", help="also write one labelled file per scenario")
-    synth.add_argument("--warm-hours", type=float, default=72.0, help="baseline before each scenario")
-    synth.set_defaults(handler=_synth)
-
-    evaluate = sub.add_parser("evaluate", help="precision, recall and false-positive rate per labelled scenario")
-    evaluate.add_argument("--model", default="", help="ONNX model (default: the bundled one)")
-    evaluate.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED)
-    evaluate.add_argument("--warm-hours", type=float, default=72.0, help="baseline before each scenario")
-    evaluate.add_argument("--thresholds", default="0.3,0.7", help="alarm thresholds, comma separated")
-    evaluate.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
-    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    evaluate.set_defaults(handler=_evaluate)
 
     info = sub.add_parser("info", help="print a model's card (its metadata) after checking it loads")
     info.add_argument("model", nargs="?", default="", help="ONNX model (default: the bundled one)")
@@ -88,55 +68,6 @@ def _train(args: argparse.Namespace) -> int:
         f"wrote {out} ({len(blob)} bytes): model {model_version(model)}, {len(data.rows)} rows "
         f"({data.false_positives} false positives fed back), skipped {data.skipped or 'none'}"
     )
-    return 0
-
-
-def _synth(args: argparse.Namespace) -> int:
-    from authz_server.risk.synthetic import SCENARIOS, baseline, scenario_samples
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "baseline.jsonl"
-    with path.open("w") as handle:
-        count = 0
-        for count, sample in enumerate(baseline(args.seed, args.days * 24), 1):
-            handle.write(json.dumps(sample.record(f"synthetic-{args.seed}-{count:08d}")) + "\n")
-    print(f"wrote {path} ({count} lines)")
-    if args.scenarios:
-        for scenario in SCENARIOS:
-            path = out / f"scenario-{scenario.name}.jsonl"
-            with path.open("w") as handle:
-                samples = scenario_samples(scenario, args.seed, args.warm_hours)
-                for i, sample in enumerate(samples, 1):
-                    handle.write(json.dumps(sample.record(f"{scenario.name}-{i:08d}")) + "\n")
-            print(f"wrote {path} ({len(samples)} lines)")
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from authz_server.risk.evaluation import evaluate, format_json, format_table
-    from authz_server.risk.model import AnomalyModel, ModelError
-    from authz_server.risk.synthetic import SCENARIOS
-
-    try:
-        thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
-    except ValueError:
-        return _fail(f"--thresholds: expected numbers separated by commas, got {args.thresholds!r}")
-    known = {s.name: s for s in SCENARIOS}
-    unknown = sorted(set(args.scenario or ()) - set(known))
-    if unknown:
-        return _fail(f"unknown scenario {', '.join(unknown)} (known: {', '.join(known)})")
-    scenarios = [known[name] for name in args.scenario] if args.scenario else list(SCENARIOS)
-    try:
-        model = AnomalyModel.load(args.model)
-    except ModelError as exc:
-        return _fail(str(exc))
-    results = evaluate(model, args.seed, args.warm_hours, thresholds, scenarios)
-    if args.json:
-        sys.stdout.write(format_json(results))
-    else:
-        print(f"model {model.version} ({model.card.origin}), seed {args.seed}, {args.warm_hours:g} h warm baseline")
-        sys.stdout.write(format_table(results))
     return 0
 
 
