@@ -83,10 +83,11 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._runtime = runtime
+        self._clock = clock
+        """The server's clock: identity and policy validity read it; risk reads Envoy's request time bounded
+        against it (risk/features.py, `behaviour_time`). Simulations replay past days through their own clock."""
         self._sink = sink
         self._next_id = ids or DecisionIds()
-        self._clock = clock
-        """The wall clock; the risk lab replays simulated days through the real path with a simulated one."""
         self._swap_lock = threading.Lock()
 
     @property
@@ -127,7 +128,8 @@ class Authorizer:
         response = build_response(decision, call.headers)
         t5 = _ns()
         timings = StageTimings((t1 - t0) / 1e3, (t2 - t1) / 1e3, (t3 - t2) / 1e3, (t4 - t3) / 1e3, (t5 - t4) / 1e3)
-        if runtime.risk is not None:
-            runtime.risk.observe(call, decision)
+        # Behaviour counts every call policy let through (those risk assessed), once the response is built.
+        if runtime.risk is not None and risk is not None and policy is not None and isinstance(identity, Identity):
+            runtime.risk.observe(call, identity, policy, risk, now)
         self._sink.record(call, decision, timings)
         return response

@@ -1,4 +1,7 @@
-"""The risk lab: offline tooling for the risk stage (simulated sites, attacks, training, evaluation).
+"""Offline risk tooling: training (training.py, graph.py), traffic simulation and evaluation, `authz-server model`.
 
-Serving code (`authz_server.risk`) never imports this package.
+Nothing on the request path imports this package; authz_server/risk/ serves what it builds.
 """
+
+DEFAULT_FPR_BUDGET = 0.001
+"""Share of benign calls a trained model may alarm on (annotate); the deny band is held ten times rarer."""

@@ -1,7 +1,7 @@
 """`authz-server model ...`: simulate a site, train, evaluate and inspect risk models.
 
 `synth` and `evaluate` run simulated sites through the real Authorizer (this lab); `train` and `info` are the
-training side's (registered by `add_training_commands`).
+training side's (train_commands.py).
 """
 
 from __future__ import annotations
@@ -13,13 +13,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from authz_server.risklab.train_commands import add_train_commands
+
 DEFAULT_SITE_SEED = 11
 
 
 def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     model = commands.add_parser("model", help="simulate, train, evaluate and inspect the risk model")
     sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
-    add_training_commands(sub)
+    # --- risk-core: train, info ---
+    add_train_commands(sub)
+    # --- risk-lab: synth, evaluate ---
 
     synth = sub.add_parser(
         "synth",
@@ -50,13 +54,6 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     evaluate.add_argument("--workdir", help="keep decision logs and models here (default: a temporary directory)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of tables")
     evaluate.set_defaults(handler=_evaluate)
-
-
-def add_training_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    """`model train` and `model info` (the training side's commands)."""
-    from authz_server.risk.cli import add_train_and_info
-
-    add_train_and_info(sub)
 
 
 def _site_arguments(parser: argparse.ArgumentParser) -> None:

@@ -133,14 +133,19 @@ Trainer = Callable[[Sequence[Path], Path, float], str]
 
 
 def train_site_model(logs: Sequence[Path], out: Path, fpr_budget: float) -> str:
-    """`model train --baseline LOG... --out OUT`, as the CLI runs it."""
-    from authz_server.risk.autoencoder import model_version
-    from authz_server.risk.training import fit, read_decision_logs
+    """`model train --baseline LOG... --fpr-budget B --out OUT`, as the CLI runs it."""
+    from authz_server.risklab.training import read_decision_logs, train_site, usable, write_atomically
 
-    data = read_decision_logs([str(p) for p in logs], {}, 5.0)
-    model, blob = fit(data, seed=7, epochs=40, source=f"decision logs ({len(logs)} files, {data.lines} lines)")
-    out.write_bytes(blob)
-    return f"{model_version(model)}: {len(data.rows)} rows, skipped {data.skipped or 'none'}"
+    log = read_decision_logs(logs)
+    calls = usable(log)
+    model = train_site(calls, fpr_budget=fpr_budget, source=f"lab decision log ({log.lines} lines)",
+                       skipped=dict(log.skipped))  # fmt: skip
+    write_atomically(model.blob, out)
+    c = model.calibration
+    return (
+        f"{model.version}: {len(calls)} calls, {len(model.baseline.edges)} edges; held-out benign "
+        f"{100 * c.held_out_alarm_rate:.3f}% alarm, {100 * c.held_out_deny_rate:.3f}% deny"
+    )
 
 
 def schedule_evaluation_day(timeline: Timeline, day_start: float) -> None:

@@ -125,7 +125,8 @@ class Verdict:
 
     @property
     def risk_denied(self) -> bool:
-        return self.verdict == "deny" and self.reason == "risk"
+        """Denied by risk, or in the deny band while the stage is in shadow (it would have been)."""
+        return self.band == "high" or (self.verdict == "deny" and self.reason == "risk")
 
 
 class LabServer:

@@ -1,0 +1,93 @@
+"""`authz-server model train` and `model info` (risk-core's block of the `model` command; cli.py adds it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from authz_server.risklab import DEFAULT_FPR_BUDGET
+
+
+def add_train_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train a risk model (with the site's baseline inside) from decision logs",
+        description="Reads the decision logs (and their rotated FILE.N files), learns per-edge baselines and each "
+        "feature's benign distribution, sets the band edges from the benign FPR budget on the held-out last "
+        "quarter, and writes the model atomically. Truncated or garbled lines are skipped and counted.",
+    )
+    train.add_argument("--baseline", nargs="+", required=True, metavar="DECISION_LOG", help="decision log files")
+    train.add_argument("--labels", metavar="FILE", help="lines 'DECISION_ID accepted|malicious' (accepted: learn it)")
+    train.add_argument(
+        "--fpr-budget",
+        type=float,
+        default=DEFAULT_FPR_BUDGET,
+        help=f"share of benign calls allowed to alarm (default {DEFAULT_FPR_BUDGET}); denies stay 10x rarer",
+    )
+    train.add_argument("--out", required=True, metavar="MODEL.onnx")
+    train.set_defaults(handler=_train)
+
+    info = sub.add_parser("info", help="print a model's card (its metadata) after checking it loads")
+    info.add_argument("model", nargs="?", default="", help="ONNX model (default: the bundled one)")
+    info.set_defaults(handler=_info)
+
+
+def _fail(message: str) -> int:
+    print(f"authz-server model: {message}", file=sys.stderr)
+    return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from authz_server.risklab.graph import OnnxMissing
+    from authz_server.risklab.training import (
+        TrainingDataError,
+        read_decision_logs,
+        read_labels,
+        train_site,
+        usable,
+        write_atomically,
+    )
+
+    if not 0 < args.fpr_budget < 0.5:
+        return _fail(f"--fpr-budget: expected a share between 0 and 0.5, got {args.fpr_budget}")
+    try:
+        labels = read_labels(args.labels) if args.labels else {}
+        log = read_decision_logs(args.baseline)
+        calls = usable(log, labels)
+        model = train_site(
+            calls,
+            fpr_budget=args.fpr_budget,
+            source=f"decision logs: {', '.join(log.files)} ({log.lines} lines)",
+            skipped=dict(log.skipped),
+        )
+    except (TrainingDataError, OnnxMissing) as exc:
+        return _fail(str(exc))
+    out = write_atomically(model.blob, args.out)
+    c = model.calibration
+    skipped = ", ".join(f"{n} {why}" for why, n in log.skipped.most_common()) or "none"
+    print(f"wrote {out} ({len(model.blob)} bytes): model {model.version}")
+    print(f"  read {log.lines} lines from {len(log.files)} files; learned from {len(calls)} calls; skipped {skipped}")
+    print(f"  baseline: {len(model.baseline.edges)} edges over {model.baseline.days:g} days")
+    print(
+        f"  bands for FPR budget {c.fpr_budget:g}: alarm (score {c.allow_below}) at surprise "
+        f"{c.alarm_surprise:.2f}, deny (score > {c.max_risk}) past {c.deny_surprise:.2f}; held-out benign "
+        f"({c.held_out_rows} calls): {100 * c.held_out_alarm_rate:.3f}% alarm, {100 * c.held_out_deny_rate:.3f}% deny"
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from authz_server.risk.model import AnomalyModel, ModelError
+
+    try:
+        model = AnomalyModel.load(args.model)
+    except ModelError as exc:
+        return _fail(str(exc))
+    card = asdict(model.card)
+    card["p99_cost_us"] = round(model.cost_s * 1e6, 1)
+    print(json.dumps(card, indent=2))
+    return 0
