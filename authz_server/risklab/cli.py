@@ -52,6 +52,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     evaluate.add_argument("--attack-seed", type=int, default=101)
     evaluate.add_argument("--model", default="", help="the model to evaluate as 'bundled' (default: the bundled one)")
     evaluate.add_argument("--workdir", help="keep decision logs and models here (default: a temporary directory)")
+    evaluate.add_argument("--workers", type=int, default=2, help="processes replaying the evaluation day (default 2)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of tables")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -136,7 +137,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate(
             spec, workdir, warm_days=args.warm_days, lead_hours=args.lead_hours, per_kind=args.per_kind,
             fpr_budget=args.fpr_budget, attack_seed=args.attack_seed, bundled_model=args.model, progress=progress,
-            scale=args.scale,
+            scale=args.scale, workers=args.workers,
         )  # fmt: skip
     sys.stdout.write(format_json(result) if args.json else format_table(result))
     return 0

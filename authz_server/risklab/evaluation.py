@@ -20,9 +20,11 @@ Attack calls that policy denied (there should be none) are counted separately.
 
 from __future__ import annotations
 
+import concurrent.futures
 import heapq
 import json
 import math
+import multiprocessing
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -176,18 +178,51 @@ def _alarmed(v: Verdict, threshold: float = ALLOW_BELOW) -> bool:
     return v.risk_denied or (v.score is not None and v.score >= threshold)
 
 
+@dataclass(frozen=True)
+class _Run:
+    workdir: Path
+    model: str
+    events: Sequence[Event]
+    prefix: str
+
+
+_FORKED: tuple[list[_Run], SiteSpec, CertificateCache, Sequence[Event]] | None = None
+"""What forked replay processes read (inherited, not pickled: the CA's key and the events stay put)."""
+
+
 def _replay(
-    workdir: Path, site: SiteSpec, certificates: CertificateCache, model: str, lead: Sequence[Event],
-    day: Sequence[Event], prefix: str,
-) -> tuple[dict[str, Verdict], str]:  # fmt: skip
+    run: _Run, site: SiteSpec, certificates: CertificateCache, lead: Sequence[Event]
+) -> tuple[dict[str, Verdict], str]:
     """Lead hours then the day through a fresh server; verdicts of the day's calls by request id, model version."""
-    with LabServer(workdir, site, certificates, model=model) as server:
+    with LabServer(run.workdir, site, certificates, model=run.model) as server:
         server.replay(lead, prefix="lead")
-        server.replay(day, prefix=prefix)
+        server.replay(run.events, prefix=run.prefix)
         stage = server.authorizer.runtime.risk
         version = str(getattr(stage, "model_version", "?"))
-    verdicts = {rid: v for rid, v in read_verdicts(server.decision_log) if rid.startswith(prefix + "-")}
+    verdicts = {rid: v for rid, v in read_verdicts(server.decision_log) if rid.startswith(run.prefix + "-")}
     return verdicts, version
+
+
+def _replay_forked(index: int) -> tuple[dict[str, Verdict], str]:
+    assert _FORKED is not None
+    runs, site, certificates, lead = _FORKED
+    return _replay(runs[index], site, certificates, lead)
+
+
+def _replay_all(
+    runs: list[_Run], site: SiteSpec, certificates: CertificateCache, lead: Sequence[Event], workers: int
+) -> list[tuple[dict[str, Verdict], str]]:
+    """Each run on its own fresh server; in `workers` forked processes (each replay is one core's work)."""
+    global _FORKED
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_replay(run, site, certificates, lead) for run in runs]
+    _FORKED = (runs, site, certificates, lead)
+    try:
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            return list(pool.map(_replay_forked, range(len(runs))))
+    finally:
+        _FORKED = None
 
 
 def _model_result(
@@ -252,6 +287,7 @@ def evaluate(
     trainer: Trainer = train_site_model,
     progress: Callable[[str], None] = lambda _: None,
     scale: float = 1.0,
+    workers: int = 2,
 ) -> Evaluation:
     started = time.perf_counter()
     result = Evaluation(site.name, site.seed, scale, warm_days, lead_hours, fpr_budget)
@@ -283,11 +319,16 @@ def evaluate(
     result.episodes, result.attack_calls = episodes, len(attack_events)
     attacked = list(heapq.merge(day, attack_events, key=lambda e: e.ts))
 
-    for name, model in (("bundled", bundled_model), ("site-trained", str(site_model))):
-        progress(f"{name}: evaluation day clean ({len(day)} calls)")
-        clean, version = _replay(workdir / f"{name}-clean", site, certificates, model, lead, day, "day")
-        progress(f"{name}: evaluation day with {len(episodes)} attack episodes ({len(attack_events)} calls)")
-        hit, _ = _replay(workdir / f"{name}-attacked", site, certificates, model, lead, attacked, "attack")
+    runs = [
+        _Run(workdir / f"{name}-{variant}", model, events, prefix)
+        for name, model in (("bundled", bundled_model), ("site-trained", str(site_model)))
+        for variant, events, prefix in (("clean", day, "day"), ("attacked", attacked, "attack"))
+    ]
+    progress(f"evaluation day: {len(day)} calls, clean and with {len(episodes)} attack episodes "
+             f"({len(attack_events)} calls), for both models ({workers} processes)")  # fmt: skip
+    outcomes = _replay_all(runs, site, certificates, lead, workers)
+    for i, name in enumerate(("bundled", "site-trained")):
+        (clean, version), (hit, _) = outcomes[2 * i], outcomes[2 * i + 1]
         result.results.append(_model_result(name, version, day, clean, attacked, hit, episodes, fpr_budget))
     result.seconds = time.perf_counter() - started
     return result
