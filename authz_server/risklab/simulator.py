@@ -143,6 +143,8 @@ class Deploy:
     workload: str
     v2_callee: str | None
     """The callee whose routes the new version calls under /v2/ (None: a plain restart)."""
+    ramp_s: float = 600.0
+    """How long until every call goes to /v2/ (the rolling restart's pace)."""
 
 
 @dataclass
@@ -151,19 +153,20 @@ class Peak:
     workload: str
     factor: float
     hours: float
+    ramp_s: float = 900.0
 
     def multiplier(self, t: float) -> float:
         if not self.at <= t < self.at + self.hours * 3600:
             return 1.0
-        return 1.0 + (self.factor - 1.0) * min(1.0, (t - self.at) / 900)
+        return 1.0 + (self.factor - 1.0) * min(1.0, (t - self.at) / self.ramp_s)
 
 
 @dataclass
 class _WorkloadState:
     spec: Workload
     replicas: list[Replica]
-    v2_since: dict[str, float] = field(default_factory=dict)
-    """callee -> when the workload started moving to its /v2/ routes."""
+    v2_since: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """callee -> (when the workload started moving to its /v2/ routes, over how many seconds)."""
     cursors: dict[str, int] = field(default_factory=dict)
 
 
@@ -200,11 +203,11 @@ class Timeline:
         address = f"{subnet}.{self.rng.randrange(2, 254)}"
         return Replica(self._uids, address, born)
 
-    def deploy(self, at: float, workload: str, v2_callee: str | None = None) -> None:
-        self.deploys.append(Deploy(at, workload, v2_callee))
+    def deploy(self, at: float, workload: str, v2_callee: str | None = None, ramp_s: float = 600.0) -> None:
+        self.deploys.append(Deploy(at, workload, v2_callee, ramp_s))
 
-    def peak(self, at: float, workload: str, factor: float, hours: float = 1.5) -> None:
-        self.peaks.append(Peak(at, workload, factor, hours))
+    def peak(self, at: float, workload: str, factor: float, hours: float = 1.5, ramp_s: float = 900.0) -> None:
+        self.peaks.append(Peak(at, workload, factor, hours, ramp_s))
 
     def _schedule_day(self, day_start: float) -> None:
         """Random deploys and peaks of one day (in working hours, local time, as teams ship)."""
@@ -228,7 +231,7 @@ class Timeline:
                 # A rolling restart: every replica replaced, new addresses, new SVIDs (the v2 move ramps below).
                 st.replicas = [self._new_replica(st.spec, t + i * 60) for i in range(len(st.replicas))]
                 if deploy.v2_callee is not None:
-                    st.v2_since[deploy.v2_callee] = deploy.at
+                    st.v2_since[deploy.v2_callee] = (deploy.at, deploy.ramp_s)
         p_churn = self.site.churn_per_replica_day * minute / DAY
         for st in self.state.values():
             for i in range(len(st.replicas)):
@@ -258,8 +261,8 @@ class Timeline:
             else:
                 index = int(route.ids * rng.random() ** 2.5)  # popular ids far more often, as on any shop
             path = path.replace("{id}", format_id(route.shape, index))
-        since = st.v2_since.get(edge.callee)
-        if since is not None and rng.random() < min(1.0, (t - since) / 600):
+        moving = st.v2_since.get(edge.callee)
+        if moving is not None and t >= moving[0] and rng.random() < min(1.0, (t - moving[0]) / max(moving[1], 1.0)):
             path = v2_path(path)
         return path
 
