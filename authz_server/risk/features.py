@@ -383,9 +383,17 @@ class BehaviourState:
         # Checked lazily when an edge is looked up (a TTL map would cost a clock read and a scan per call); the
         # LRU bound caps memory either way.
         self._idle_minutes = config.identity_ttl_s / 60
+        self._started: float | None = None
         self._edges: OrderedDict[tuple[str, str], _Edge] = OrderedDict()
         self._subnets: OrderedDict[str, dict[str, None]] = OrderedDict()
         self._certificates: OrderedDict[str, dict[str, float]] = OrderedDict()
+
+    def started_at(self, now: float) -> float:
+        """When this state started learning: the first time it was asked (the warm-up shadow counts from it, on
+        the clock the stage is given, so a simulated day and a real one mean the same)."""
+        if self._started is None:
+            self._started = now
+        return self._started
 
     def __len__(self) -> int:
         """Callers whose subnets are remembered."""
