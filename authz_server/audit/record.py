@@ -83,6 +83,7 @@ def risk_fields(risk: RiskOutcome | None) -> dict[str, Any] | None:
         "features": list(risk.features),
         "feature_schema": risk.feature_schema,
         "alarmed": sorted(risk.alarmed),
+        "at": risk.at,
     }
 
 

@@ -103,7 +103,8 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "id_walk",
-        "log2((length of the walk of numeric ids 1-8 apart this id extends + 1) / (the baseline's longest + 1))",
+        "log2((length of the walk this id continues + 1) / (the baseline's longest + 1)); a walk: numeric ids one "
+        "stride (1-8) apart, again and again",
         16.0,
         1.0,
     ),
@@ -308,7 +309,7 @@ class _Template:
         self.short_bucket = self.long_bucket = -1
         self.short_bits = self.short_prev = self.long_bits = self.long_prev = 0
         self.walks: list[list[float]] = []
-        """[last numeric id, run length, last seen] per walk in progress, at most _WALK_HEADS."""
+        """[last numeric id, run length, last seen, stride] per walk in progress, at most _WALK_HEADS."""
 
 
 class _Edge:
@@ -382,9 +383,17 @@ class BehaviourState:
         # Checked lazily when an edge is looked up (a TTL map would cost a clock read and a scan per call); the
         # LRU bound caps memory either way.
         self._idle_minutes = config.identity_ttl_s / 60
+        self._started: float | None = None
         self._edges: OrderedDict[tuple[str, str], _Edge] = OrderedDict()
         self._subnets: OrderedDict[str, dict[str, None]] = OrderedDict()
         self._certificates: OrderedDict[str, dict[str, float]] = OrderedDict()
+
+    def started_at(self, now: float) -> float:
+        """When this state started learning: the first time it was asked (the warm-up shadow counts from it, on
+        the clock the stage is given, so a simulated day and a real one mean the same)."""
+        if self._started is None:
+            self._started = now
+        return self._started
 
     def __len__(self) -> int:
         """Callers whose subnets are remembered."""
@@ -641,9 +650,12 @@ def _count_id(template: _Template, facts: CallFacts, window_s: float) -> None:
 
 
 def _walk(template: _Template, facts: CallFacts, learn: bool) -> int:
-    """The run length of the walk this id continues (0: none); with `learn`, extend it or start one.
+    """The length of the walk this id continues (0: none); with `learn`, extend it or start one.
 
-    A walk survives interleaved unrelated ids: it keeps up to _WALK_HEADS walks and replaces the shortest."""
+    A walk's first step may be any stride up to _WALK_STEP, every later step must repeat it exactly (enumeration
+    goes +1, +1, ...): random ids from a small set of 100 land one stride further on about 1 call in 100, so
+    ordinary traffic makes short walks, and one id a minute for an hour makes a walk of 60. Up to _WALK_HEADS walks
+    are followed at once, the shortest replaced, so interleaved unrelated ids do not break one."""
     number = _numeric(facts.last_id)
     if number is None:
         return 0
@@ -651,13 +663,15 @@ def _walk(template: _Template, facts: CallFacts, learn: bool) -> int:
     walks = template.walks
     for walk in walks:
         step = number - walk[0]
-        if 0 < abs(step) <= _WALK_STEP and ts - walk[2] <= _WALK_IDLE_S:
+        if ts - walk[2] > _WALK_IDLE_S or step == 0:
+            continue
+        if step == walk[3] or (walk[1] == 0 and abs(step) <= _WALK_STEP):
             run = int(walk[1]) + 1
             if learn:
-                walk[0], walk[1], walk[2] = number, run, ts
+                walk[0], walk[1], walk[2], walk[3] = number, run, ts, step
             return run
     if learn:
-        fresh = [float(number), 0.0, ts]
+        fresh = [float(number), 0.0, ts, 0.0]
         if len(walks) < _WALK_HEADS:
             walks.append(fresh)
         else:

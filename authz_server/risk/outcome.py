@@ -42,6 +42,8 @@ class RiskOutcome:
     """The feature vector that was scored, in the model's schema order (decision log, retraining, replay)."""
     feature_schema: str = ""
     """Version of the feature schema `features` follows."""
+    at: float | None = None
+    """The time behaviour was scored at (Envoy's request time bounded by the server clock): what training replays."""
     alarmed: frozenset[str] = frozenset()
     """Features at or past the model's alarm edge on their own: what the online state may not learn from."""
 

@@ -65,6 +65,7 @@ class RiskScorer:
         counters: RiskCounters | None = None,
         started_at: float | None = None,
     ) -> None:
+        """`started_at`: when the warm-up shadow starts (default: the first call the shared state sees)."""
         self.model = model
         self.state = state
         self.counters = counters or RiskCounters()
@@ -72,33 +73,35 @@ class RiskScorer:
         self._allow_below = config.allow_below
         self._default_max_risk = config.default_max_risk
         self._top = config.top_factors
-        self._shadow_until = (time.time() if started_at is None else started_at) + config.warmup_s
+        self._warmup_s = config.warmup_s
+        if started_at is not None:
+            state.started_at(started_at)
         self._version = model.version
 
     @property
     def model_version(self) -> str:
         return self._version
 
-    def _skipped(self, features: tuple[float, ...], shadow: bool) -> RiskOutcome:
+    def _skipped(self, features: tuple[float, ...], shadow: bool, at: float | None = None) -> RiskOutcome:
         outcome = RiskOutcome(
             RiskStatus.SKIPPED, model_version=self._version, shadow=shadow, features=features,
-            feature_schema=FEATURE_SCHEMA,
+            feature_schema=FEATURE_SCHEMA, at=at,
         )  # fmt: skip
         self.counters.count(outcome)
         return outcome
 
     def assess(self, call: Call, identity: Identity, policy: PolicyOutcome, now: float, budget_s: float) -> RiskOutcome:
         start = _clock()
-        shadow = self._config.shadow or policy.risk_shadow or now < self._shadow_until
+        shadow = self._config.shadow or policy.risk_shadow or now < self.state.started_at(now) + self._warmup_s
         if budget_s <= 0:  # the gRPC deadline has already passed
             return self._skipped((), shadow)
         facts = facts_from_call(call, identity, policy.normalized_path or call.path, now)
         row = self.state.features(facts, self.model.baseline)
         if _clock() - start + self.model.cost_s > budget_s:
-            return self._skipped(tuple(row), shadow)
+            return self._skipped(tuple(row), shadow, facts.ts)
         score, surprise = self.model.score(row)
         if _clock() - start > budget_s:
-            return self._skipped(tuple(row), shadow)
+            return self._skipped(tuple(row), shadow, facts.ts)
 
         max_risk = policy.max_risk if policy.max_risk is not None else self._default_max_risk
         band, action = band_for(score, self._allow_below, max_risk)
@@ -106,7 +109,7 @@ class RiskScorer:
         alarmed = frozenset(name for name, value in zip(FEATURE_NAMES, surprise, strict=True) if value >= alarm)
         outcome = RiskOutcome(
             RiskStatus.SCORED, score, self._factors(surprise), self._version, band, action, shadow, tuple(row),
-            FEATURE_SCHEMA, alarmed,
+            FEATURE_SCHEMA, facts.ts, alarmed,
         )  # fmt: skip
         self.counters.count(outcome)
         return outcome

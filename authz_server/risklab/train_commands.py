@@ -29,6 +29,21 @@ def add_train_commands(sub: argparse._SubParsersAction[Any]) -> None:
     train.add_argument("--out", required=True, metavar="MODEL.onnx")
     train.set_defaults(handler=_train)
 
+    bundle = sub.add_parser(
+        "bundle",
+        help="rebuild the bundled model (no site baseline) from several simulated sites",
+        description="Simulates --sites different sites (risklab.sites.site(vary=True): workload mixes, time zones, "
+        "SVID lifetimes, id shapes, subnets), replays each through the Authorizer `serve` builds (risk off) from a "
+        "cold start, and calibrates a model without a baseline: distributions from half the sites, band edges "
+        "from the others, the deny edge holding on each. Deterministic: the same arguments give the same bytes.",
+    )
+    bundle.add_argument("--sites", type=int, default=6, help="simulated sites, seeds 1..N (default 6)")
+    bundle.add_argument("--days", type=float, default=2.0, help="days simulated per site (default 2)")
+    bundle.add_argument("--scale", type=float, default=0.25, help="rate multiplier of every site (default 0.25)")
+    bundle.add_argument("--fpr-budget", type=float, default=DEFAULT_FPR_BUDGET)
+    bundle.add_argument("--out", required=True, metavar="MODEL.onnx")
+    bundle.set_defaults(handler=_bundle)
+
     info = sub.add_parser("info", help="print a model's card (its metadata) after checking it loads")
     info.add_argument("model", nargs="?", default="", help="ONNX model (default: the bundled one)")
     info.set_defaults(handler=_info)
@@ -74,6 +89,53 @@ def _train(args: argparse.Namespace) -> int:
         f"  bands for FPR budget {c.fpr_budget:g}: alarm (score {c.allow_below}) at surprise "
         f"{c.alarm_surprise:.2f}, deny (score > {c.max_risk}) past {c.deny_surprise:.2f}; held-out benign "
         f"({c.held_out_rows} calls): {100 * c.held_out_alarm_rate:.3f}% alarm, {100 * c.held_out_deny_rate:.3f}% deny"
+    )
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from authz_server.risklab.graph import OnnxMissing
+    from authz_server.risklab.requests import CertificateCache, LabServer, lab_ca
+    from authz_server.risklab.simulator import DAY, Timeline
+    from authz_server.risklab.sites import site
+    from authz_server.risklab.training import (
+        TrainingDataError,
+        read_decision_logs,
+        train_bundled,
+        usable,
+        write_atomically,
+    )
+
+    if args.sites < 2 or args.days <= 0 or args.scale <= 0:
+        return _fail("--sites must be >= 2, --days and --scale > 0")
+    sites = []
+    with tempfile.TemporaryDirectory(prefix="authz-bundle-") as tmp:
+        for seed in range(1, args.sites + 1):
+            spec = site(f"site{seed}", seed, vary=True, scale=args.scale)
+            with LabServer(Path(tmp) / f"site{seed}", spec, CertificateCache(lab_ca(spec.start)),
+                           risk={"enabled": False}) as server:  # fmt: skip
+                count = server.replay(Timeline(spec).events(spec.start + args.days * DAY))
+            log = read_decision_logs([server.decision_log])
+            sites.append(usable(log))
+            print(f"  site{seed}: {len(spec.workloads)} workloads, {count} calls, {len(sites[-1])} let through")
+    try:
+        model = train_bundled(
+            sites,
+            fpr_budget=args.fpr_budget,
+            source=f"model bundle --sites {args.sites} --days {args.days:g} --scale {args.scale:g}",
+        )
+    except (TrainingDataError, OnnxMissing) as exc:
+        return _fail(str(exc))
+    out = write_atomically(model.blob, args.out)
+    c = model.calibration
+    print(f"wrote {out} ({len(model.blob)} bytes): model {model.version}, {model.rows} calls from {args.sites} sites")
+    print(
+        f"  bands for FPR budget {c.fpr_budget:g}: alarm at surprise {c.alarm_surprise:.2f}, deny past "
+        f"{c.deny_surprise:.2f}; held-out sites ({c.held_out_rows} calls): {100 * c.held_out_alarm_rate:.3f}% alarm, "
+        f"{100 * c.held_out_deny_rate:.3f}% deny"
     )
     return 0
 

@@ -48,7 +48,6 @@ from authz_server.risk.features import (
     BehaviourState,
     CallFacts,
     Learning,
-    behaviour_time,
     bounded,
     subnets,
     template_and_id,
@@ -154,13 +153,16 @@ def read_decision_logs(paths: Iterable[str | Path]) -> DecisionLog:
 
 
 def _request_time(record: dict[str, Any]) -> float:
-    request = record.get("request")
-    stamp = request.get("received_at") if isinstance(request, dict) else None
-    decided = record.get("ts")
-    decided = float(decided) if isinstance(decided, int | float) else 0.0
-    if isinstance(stamp, int | float):
-        return behaviour_time(float(stamp), decided) if decided else float(stamp)
-    return decided
+    """The time the risk stage scored the call at (`risk.at`), else Envoy's request time, else when it was logged."""
+    risk, request = record.get("risk"), record.get("request")
+    for stamp in (
+        risk.get("at") if isinstance(risk, dict) else None,
+        request.get("received_at") if isinstance(request, dict) else None,
+        record.get("ts"),
+    ):
+        if isinstance(stamp, int | float) and math.isfinite(stamp):
+            return float(stamp)
+    return 0.0
 
 
 def facts_from_record(record: dict[str, Any]) -> CallFacts | None:
