@@ -24,6 +24,7 @@ import ipaddress
 import math
 import threading
 import zlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntFlag
@@ -247,10 +248,11 @@ _WALK_STEP = 8
 _WALK_HEADS = 4
 _WALK_IDLE_S = 3600.0
 """A walk not extended for this long is over: low-and-slow enumeration at one id a minute keeps its walk."""
-_SHORT_BITS = 1024
-_LONG_BITS = 2048
-"""Distinct ids are counted by linear counting over bitmaps of this many bits (128 and 256 bytes): exact-ish up to a
-few hundred ids, still rising (with error) to ~10x the bit count, which is beyond any sane per-edge baseline."""
+_SHORT_BITS = 512
+_LONG_BITS = 1024
+"""Distinct ids are counted by linear counting over bitmaps of this many bits (64 and 128 bytes, two of each per
+template with ids): within a few percent up to about half the bit count, still rising (with more error) to several
+times it; a template busier than that sees the same saturation in its baseline, so the ratio stays meaningful."""
 _LONG_WINDOW_S = 3600.0
 _HOUR_DECAY_S = 3600.0
 _MAX_TEMPLATES = 32
@@ -295,7 +297,6 @@ class _Template:
         "short_bits",
         "short_bucket",
         "short_prev",
-        "sizes",
         "walks",
     )
 
@@ -303,9 +304,7 @@ class _Template:
         self.rate = 0.0
         self.rate_at = 0.0
         self.methods: dict[str, list[float]] = {}
-        """method -> [decayed calls, at]."""
-        self.sizes: dict[str, int] = {}
-        """method -> largest size learned online."""
+        """method -> [decayed calls, at, largest size learned online or -1]."""
         self.short_bucket = self.long_bucket = -1
         self.short_bits = self.short_prev = self.long_bits = self.long_prev = 0
         self.walks: list[list[float]] = []
@@ -323,7 +322,8 @@ class _Edge:
         self.minute_count = 0
         self.minute_prev = 0
         self.peak = 0.0
-        self.hours: list[int] = [0] * 24
+        self.hours = array("I", bytes(96))
+        """Calls learned per UTC hour of day: 24 unsigned ints, 96 bytes (a list of ints costs ~3x that)."""
         self.templates: dict[str, _Template] = {}
 
 
@@ -472,11 +472,11 @@ class BehaviourState:
             online_template = _decayed(template.rate, template.rate_at, ts) if template is not None else 0.0
             method = template.methods.get(facts.method) if template is not None else None
             online_method = _decayed(method[0], method[1], ts) if method is not None else 0.0
-            online_size = template.sizes.get(facts.method, -1) if template is not None else -1
+            online_size = int(method[2]) if method is not None else -1
             learned = edge.learned if edge is not None else 0
             online_hours = edge.hours if edge is not None else None
             online_peak = edge.peak if edge is not None and learned >= _MIN_CALLS_FOR_PEAK else -1.0
-            hours = list(online_hours) if online_hours is not None else [0] * 24
+            hours = online_hours.tolist() if online_hours is not None else [0] * 24
 
         hour = int(ts // 3600 % 24)
         known = baseline.edge(facts.caller, facts.callee)
@@ -572,13 +572,14 @@ class BehaviourState:
             edge.rate = _decayed(edge.rate, edge.rate_at, ts) + 1.0
             edge.rate_at = max(ts, edge.rate_at)
             edge.hours[int(ts // 3600 % 24)] += 1
+            method: list[float] | None = None
             if template is not None:
                 template.rate = _decayed(template.rate, template.rate_at, ts) + 1.0
                 template.rate_at = max(ts, template.rate_at)
                 method = template.methods.get(facts.method)
                 if method is None:
                     if len(template.methods) < _MAX_METHODS:
-                        template.methods[facts.method] = [1.0, ts]
+                        method = template.methods[facts.method] = [1.0, ts, -1.0]
                 else:
                     method[0] = _decayed(method[0], method[1], ts) + 1.0
                     method[1] = max(ts, method[1])
@@ -588,10 +589,8 @@ class BehaviourState:
             calls = edge.minute_count + edge.minute_prev * (1.0 - (ts % 60) / 60)
             if calls > edge.peak:
                 edge.peak = calls
-            if template is not None and facts.size >= 0:
-                sizes = template.sizes
-                if facts.size > sizes.get(facts.method, -1) and (facts.method in sizes or len(sizes) < _MAX_METHODS):
-                    sizes[facts.method] = facts.size
+            if method is not None and facts.size > method[2]:
+                method[2] = facts.size
             self._learn_subnet(facts)
 
     def _seen_from(self, facts: CallFacts) -> None:
