@@ -424,7 +424,8 @@ class BehaviourState:
             calls = 1.0
         if template is None or not facts.last_id:
             return Activity(calls, 0.0, 0.0, 0)
-        bit = 1 << (zlib.crc32(facts.last_id.encode()) % _SHORT_BITS)
+        hashed = zlib.crc32(facts.last_id.encode())
+        bit = 1 << (hashed % _SHORT_BITS)
         short = int(ts // self.window_s)
         if short == template.short_bucket:
             bits = template.short_bits | template.short_prev | bit
@@ -432,7 +433,7 @@ class BehaviourState:
             bits = template.short_bits | bit
         else:
             bits = bit
-        long_bit = 1 << (zlib.crc32(facts.last_id.encode()) % _LONG_BITS)
+        long_bit = 1 << (hashed % _LONG_BITS)
         hour = int(ts // _LONG_WINDOW_S)
         if hour == template.long_bucket:
             long_bits = template.long_bits | template.long_prev | long_bit
@@ -474,11 +475,15 @@ class BehaviourState:
             online_method = _decayed(method[0], method[1], ts) if method is not None else 0.0
             online_size = int(method[2]) if method is not None else -1
             learned = edge.learned if edge is not None else 0
-            online_hours = edge.hours if edge is not None else None
             online_peak = edge.peak if edge is not None and learned >= _MIN_CALLS_FOR_PEAK else -1.0
-            hours = online_hours.tolist() if online_hours is not None else [0] * 24
+            hour = int(ts // 3600 % 24)
+            later = (hour + 1) % 24
+            if edge is not None:  # every learned call adds one to its hour: `learned` is their total
+                hours = edge.hours
+                at_hour, around = hours[hour], hours[hour - 1] + hours[later]
+            else:
+                at_hour = around = 0
 
-        hour = int(ts // 3600 % 24)
         known = baseline.edge(facts.caller, facts.callee)
         known_template = known.templates.get(facts.template) if known is not None else None
         known_method = known_template.methods.get(facts.method) if known_template is not None else None
@@ -492,14 +497,12 @@ class BehaviourState:
         route_unusual = _ratio_bits(edge_day, template_day) if edge_day > 0 else 0.0
         method_unusual = _ratio_bits(template_day, method_day) if template_day > 0 else 0.0
 
+        total = learned
         if known is not None:
-            hours = [a + b for a, b in zip(hours, known.hours, strict=True)]
-        total = sum(hours)
-        if total >= _HOURS_KNOWN:
-            smoothed = hours[hour] + (hours[hour - 1] + hours[(hour + 1) % 24]) / 2
-            hour_unusual = _ratio_bits((2 * total) / 24, smoothed)
-        else:
-            hour_unusual = 0.0
+            total += known.calls
+            at_hour += known.hours[hour]
+            around += known.hours[hour - 1] + known.hours[later]
+        hour_unusual = _ratio_bits(2 * total / 24, at_hour + around / 2) if total >= _HOURS_KNOWN else 0.0
 
         if known is not None:
             peak = known.minute_max
