@@ -184,6 +184,10 @@ class _Run:
     model: str
     events: Sequence[Event]
     prefix: str
+    lead: bool = True
+    """Replay the lead hours first."""
+    read: bool = True
+    """Read the verdicts back from the decision log."""
 
 
 _FORKED: tuple[list[_Run], SiteSpec, CertificateCache, Sequence[Event]] | None = None
@@ -195,10 +199,13 @@ def _replay(
 ) -> tuple[dict[str, Verdict], str]:
     """Lead hours then the day through a fresh server; verdicts of the day's calls by request id, model version."""
     with LabServer(run.workdir, site, certificates, model=run.model) as server:
-        server.replay(lead, prefix="lead")
+        if run.lead:
+            server.replay(lead, prefix="lead")
         server.replay(run.events, prefix=run.prefix)
         stage = server.authorizer.runtime.risk
         version = str(getattr(stage, "model_version", "?"))
+    if not run.read:
+        return {}, version
     verdicts = {rid: v for rid, v in read_verdicts(server.decision_log) if rid.startswith(run.prefix + "-")}
     return verdicts, version
 
@@ -297,21 +304,24 @@ def evaluate(
     certificates = CertificateCache(lab_ca(site.start))
     lead_from = day_start - lead_hours * 3600
 
-    progress(f"warm days: {warm_days:g} days of {site.name} through the bundled model")
-    lead: list[Event] = []
-    warm_dir = workdir / "warm"
-    with LabServer(warm_dir, site, certificates, model=bundled_model) as warm:
-
-        def warm_events() -> Any:
-            for event in timeline.events(day_start):
-                if event.ts >= lead_from:
-                    lead.append(event)
-                yield event
-
-        result.warm_calls = warm.replay(warm_events(), prefix="warm")
+    warm_events = list(timeline.events(day_start))
+    lead = [e for e in warm_events if e.ts >= lead_from]
+    result.warm_calls = len(warm_events)
+    # The warm days run as `workers` consecutive stretches, each on its own server (a restart between them, as
+    # any deployment has), so the cores share them; each writes its own decision log, read in time order.
+    segments = max(1, workers)
+    cuts = [round(len(warm_events) * i / segments) for i in range(segments + 1)]
+    warm_runs = [
+        _Run(workdir / f"warm-{i}", bundled_model, warm_events[cuts[i] : cuts[i + 1]], "warm", lead=False, read=False)
+        for i in range(segments)
+    ]
+    progress(f"warm days: {warm_days:g} days of {site.name} ({len(warm_events)} calls) through the bundled model")
+    _replay_all(warm_runs, site, certificates, [], workers)
+    logs = [run.workdir / "decisions.jsonl" for run in warm_runs]
+    del warm_events, warm_runs
     site_model = workdir / "site.onnx"
-    progress(f"model train --baseline {warm.decision_log} ({result.warm_calls} calls)")
-    result.training = trainer([warm.decision_log], site_model, fpr_budget)
+    progress(f"model train --baseline {' '.join(str(p) for p in logs)}")
+    result.training = trainer(logs, site_model, fpr_budget)
 
     day = list(timeline.events(day_start + DAY))
     result.day_calls = len(day)

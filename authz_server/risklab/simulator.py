@@ -182,8 +182,10 @@ def v2_path(path: str) -> str:
 class Timeline:
     """A site's benign traffic and operations over time. Generate from the start, in order."""
 
-    def __init__(self, site: SiteSpec) -> None:
+    def __init__(self, site: SiteSpec, step_s: float = 60.0) -> None:
         self.site = site
+        self.step_s = step_s
+        """Operations and rates are decided per step (a minute; a live test slices finer)."""
         self.rng = random.Random(f"timeline/{site.name}/{site.seed}")
         self._uids = 0
         self.state = {w.name: _WorkloadState(w, []) for w in site.workloads}
@@ -291,7 +293,7 @@ class Timeline:
 
     def events(self, until: float) -> Iterator[Event]:
         """Benign calls from where the timeline stands to `until`, in time order."""
-        minute = 60.0
+        minute = self.step_s
         local = self.site.tz_offset_h * 3600
         while self.now < until:
             t = self.now
@@ -306,7 +308,7 @@ class Timeline:
                 for peak in self.peaks:
                     if peak.workload == st.spec.name:
                         level *= peak.multiplier(t)
-                for _ in range(poisson(self.rng, st.spec.rate * level)):
+                for _ in range(poisson(self.rng, st.spec.rate * level * minute / 60)):
                     event = self.call(st, t + self.rng.random() * minute)
                     batch.append(event)
                     if self.rng.random() < st.spec.retries:

@@ -62,20 +62,18 @@ def _site(history_start: float) -> SiteSpec:
     ), start=history_start, deploys_per_day=0.0, peaks_per_day=0.0)  # fmt: skip
 
 
-def _attacks(live: list[Event], t0: float) -> list[Event]:
-    """Two attacks during the live minute, from the pods of the workloads that make them (granted by policy)."""
-
-    def pod(workload: str) -> Event:
-        return next(e for e in live if e.caller == workload)
-
-    reviews, reco = pod("shop/reviews"), pod("shop/recommendations")
+def _attacks(timeline: Timeline, t0: float) -> list[Event]:
+    """Two attacks during the live minute, from pods of the workloads that make them (granted by policy)."""
     events = []
+    reviews, svid = timeline.current("shop/reviews", t0)
     for i in range(6):  # bodies of 200-300 KB where the route's usual is ~600 B
-        events.append(Event(t0 + i * 1.5, reviews.caller, CATALOG, "POST", f"/products/{4100 + i * 7}/reviews",
-                            200_000 + i * 20_000, reviews.address, 0, reviews.svid, "large-body", 0))  # fmt: skip
+        events.append(Event(t0 + i * 1.5, "shop/reviews", CATALOG, "POST", f"/products/{4100 + i * 7}/reviews",
+                            200_000 + i * 20_000, reviews.address, 0, svid, "large-body", 0))  # fmt: skip
+    reco, svid = timeline.current("shop/recommendations", t0 + 10)
     for i in range(6):  # a GET-only edge starts deleting
-        events.append(Event(t0 + 10 + i * 1.5, reco.caller, CATALOG, "DELETE", f"/products/SKU-0{3100 + i * 13}", 0,
-                            reco.address, 0, reco.svid, "method-shift", 1))  # fmt: skip
+        path = f"/products/SKU-0{3100 + i * 13}"
+        events.append(Event(t0 + 10 + i * 1.5, "shop/recommendations", CATALOG, "DELETE", path, 0, reco.address, 0,
+                            svid, "method-shift", 1))  # fmt: skip
     return events
 
 
@@ -103,10 +101,11 @@ def test_enforced_risk_over_a_deploy_and_a_peak_denies_no_benign_call_and_catche
     model = tmp_path / "site.onnx"
     train_site_model([history.decision_log], model, 0.001)
 
+    timeline.step_s = 2.0  # the live minute: deploy and peak start within it, not at its edge
     timeline.deploy(history_end + DEPLOY_AT_S, "shop/frontend", CATALOG, ramp_s=15)
     timeline.peak(history_end + DEPLOY_AT_S, "shop/frontend", 3.0, hours=1, ramp_s=5)
     live = list(timeline.events(history_end + LIVE_S))
-    live = sorted(live + _attacks(live, history_end + ATTACK_AT_S), key=lambda e: e.ts)
+    live = sorted(live + _attacks(timeline, history_end + ATTACK_AT_S), key=lambda e: e.ts)
 
     config = {"risk": {"model": str(model), "warmup_s": 0, "shadow": False, "budget_ms": 100}}
     with LocalMesh(tmp_path / "mesh", site.declarations(), callee=spiffe_id(CATALOG), server_config=config) as mesh:

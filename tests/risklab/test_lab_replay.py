@@ -87,3 +87,17 @@ def test_evaluate_refuses_nonsense_arguments(capsys: pytest.CaptureFixture[str])
     assert "--scale must be > 0" in capsys.readouterr().err
     assert main(["model", "evaluate", "--model", "/nonexistent.onnx"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_synth_writes_the_decision_log_model_train_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "site"
+    assert main(["model", "synth", "--out", str(out), "--days", "0.5", "--scale", "0.05", "--vary", "--seed", "4"]) == 0
+    decisions = (out / "decisions.jsonl").read_text().splitlines()
+    events = (out / "events.jsonl").read_text().splitlines()
+    assert len(decisions) == len(events) > 2000
+    first = json.loads(decisions[0])
+    assert first["verdict"] == "allow" and first["source"]["spiffe_id"].startswith("spiffe://example.org/ns/")
+    model = tmp_path / "site.onnx"
+    assert main(["model", "train", "--baseline", str(out / "decisions.jsonl"), "--out", str(model)]) == 0
+    assert model.stat().st_size > 0
+    assert "wrote" in capsys.readouterr().out
