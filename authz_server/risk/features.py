@@ -37,7 +37,7 @@ from authz_server.routes import fold
 if TYPE_CHECKING:
     from authz_server.call import Call
     from authz_server.identity.result import Identity
-    from authz_server.risk.baseline import Baseline
+    from authz_server.risk.baseline import Baseline, EdgeBaseline, TemplateBaseline
 
 FEATURE_SCHEMA = "v2"
 
@@ -506,15 +506,21 @@ class BehaviourState:
 
         if known is not None:
             peak = known.minute_max
-            reference = float(max(peak[hour - 1], peak[hour], peak[(hour + 1) % 24]))
+            busiest = float(max(peak[hour - 1], peak[hour], peak[(hour + 1) % 24]))
         else:
-            reference = online_peak
-        rate_burst = _ratio_bits(activity.calls_minute, reference) if reference >= 0 else 0.0
+            busiest = online_peak
+        rate_burst = _ratio_bits(activity.calls_minute, busiest) if busiest >= 0 else 0.0
 
-        if known_template is not None:
-            ids_short = _ratio_bits(activity.ids_short, known_template.ids_short)
-            ids_long = _ratio_bits(activity.ids_long, known_template.ids_long)
-            id_walk = _ratio_bits(activity.walk, known_template.walk)
+        # Ids against the template's baseline; a template new since training against its edge's others; an edge
+        # new since training is neutral here (it is novel: `edge_novelty` speaks); with no baseline at all (the
+        # bundled model) the counts themselves, which its calibration saw across many sites.
+        ids_usual: TemplateBaseline | EdgeBaseline | None = known_template or known
+        if ids_usual is not None:
+            ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short)
+            ids_long = _ratio_bits(activity.ids_long, ids_usual.ids_long)
+            id_walk = _ratio_bits(activity.walk, ids_usual.walk)
+        elif baseline.edges:
+            ids_short = ids_long = id_walk = 0.0
         else:
             ids_short = _ratio_bits(activity.ids_short, 0.0)
             ids_long = _ratio_bits(activity.ids_long, 0.0)
