@@ -52,6 +52,17 @@ class EdgeBaseline:
     hours: tuple[int, ...]
     minute_max: tuple[float, ...]
     templates: dict[str, TemplateBaseline]
+    ids_short: float = field(init=False, default=0.0)
+    """The most of any of the edge's templates (derived, not stored): a template new since training is compared
+    with its edge's others, so a deploy's `/v2/` routes are not an enumeration."""
+    ids_long: float = field(init=False, default=0.0)
+    walk: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        templates = self.templates.values()
+        object.__setattr__(self, "ids_short", max((t.ids_short for t in templates), default=0.0))
+        object.__setattr__(self, "ids_long", max((t.ids_long for t in templates), default=0.0))
+        object.__setattr__(self, "walk", max((t.walk for t in templates), default=0))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ class RiskConfig:
     shadow: bool = False
     """Compute, log and annotate scores everywhere but never enforce them (canarying a new model)."""
     warmup_s: float = 600.0
-    """After start, scores are in shadow this long while the behavioural baseline fills (every edge is new then)."""
+    """From the first call, scores are in shadow this long while the online state fills (with the bundled model every
+    edge is new then)."""
     top_factors: int = 3
     """How many factors x-authz-risk-factors names, largest first."""
     window_s: float = 60.0
@@ -30,7 +31,8 @@ class RiskConfig:
     max_identities: int = 50000
     """Callers (their subnets) and certificates (their source addresses) remembered; least recently seen first out."""
     identity_ttl_s: float = 86400.0
-    """A caller not seen for this long is forgotten (a day, so nightly jobs keep their baseline)."""
+    """An edge idle this long starts afresh: its recent activity and what it learned online (a day, so a nightly
+    job's edge keeps what it learned last night)."""
     max_edges: int = 100000
     """Caller -> callee edges remembered (recent activity and what was learned online: templates, methods, hours)."""
 

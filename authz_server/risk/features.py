@@ -24,6 +24,7 @@ import ipaddress
 import math
 import threading
 import zlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntFlag
@@ -36,7 +37,7 @@ from authz_server.routes import fold
 if TYPE_CHECKING:
     from authz_server.call import Call
     from authz_server.identity.result import Identity
-    from authz_server.risk.baseline import Baseline
+    from authz_server.risk.baseline import Baseline, EdgeBaseline, TemplateBaseline
 
 FEATURE_SCHEMA = "v2"
 
@@ -247,10 +248,11 @@ _WALK_STEP = 8
 _WALK_HEADS = 4
 _WALK_IDLE_S = 3600.0
 """A walk not extended for this long is over: low-and-slow enumeration at one id a minute keeps its walk."""
-_SHORT_BITS = 1024
-_LONG_BITS = 2048
-"""Distinct ids are counted by linear counting over bitmaps of this many bits (128 and 256 bytes): exact-ish up to a
-few hundred ids, still rising (with error) to ~10x the bit count, which is beyond any sane per-edge baseline."""
+_SHORT_BITS = 512
+_LONG_BITS = 1024
+"""Distinct ids are counted by linear counting over bitmaps of this many bits (64 and 128 bytes, two of each per
+template with ids): within a few percent up to about half the bit count, still rising (with more error) to several
+times it; a template busier than that sees the same saturation in its baseline, so the ratio stays meaningful."""
 _LONG_WINDOW_S = 3600.0
 _HOUR_DECAY_S = 3600.0
 _MAX_TEMPLATES = 32
@@ -295,7 +297,6 @@ class _Template:
         "short_bits",
         "short_bucket",
         "short_prev",
-        "sizes",
         "walks",
     )
 
@@ -303,9 +304,7 @@ class _Template:
         self.rate = 0.0
         self.rate_at = 0.0
         self.methods: dict[str, list[float]] = {}
-        """method -> [decayed calls, at]."""
-        self.sizes: dict[str, int] = {}
-        """method -> largest size learned online."""
+        """method -> [decayed calls, at, largest size learned online or -1]."""
         self.short_bucket = self.long_bucket = -1
         self.short_bits = self.short_prev = self.long_bits = self.long_prev = 0
         self.walks: list[list[float]] = []
@@ -323,7 +322,8 @@ class _Edge:
         self.minute_count = 0
         self.minute_prev = 0
         self.peak = 0.0
-        self.hours: list[int] = [0] * 24
+        self.hours = array("I", bytes(96))
+        """Calls learned per UTC hour of day: 24 unsigned ints, 96 bytes (a list of ints costs ~3x that)."""
         self.templates: dict[str, _Template] = {}
 
 
@@ -424,7 +424,8 @@ class BehaviourState:
             calls = 1.0
         if template is None or not facts.last_id:
             return Activity(calls, 0.0, 0.0, 0)
-        bit = 1 << (zlib.crc32(facts.last_id.encode()) % _SHORT_BITS)
+        hashed = zlib.crc32(facts.last_id.encode())
+        bit = 1 << (hashed % _SHORT_BITS)
         short = int(ts // self.window_s)
         if short == template.short_bucket:
             bits = template.short_bits | template.short_prev | bit
@@ -432,7 +433,7 @@ class BehaviourState:
             bits = template.short_bits | bit
         else:
             bits = bit
-        long_bit = 1 << (zlib.crc32(facts.last_id.encode()) % _LONG_BITS)
+        long_bit = 1 << (hashed % _LONG_BITS)
         hour = int(ts // _LONG_WINDOW_S)
         if hour == template.long_bucket:
             long_bits = template.long_bits | template.long_prev | long_bit
@@ -472,13 +473,17 @@ class BehaviourState:
             online_template = _decayed(template.rate, template.rate_at, ts) if template is not None else 0.0
             method = template.methods.get(facts.method) if template is not None else None
             online_method = _decayed(method[0], method[1], ts) if method is not None else 0.0
-            online_size = template.sizes.get(facts.method, -1) if template is not None else -1
+            online_size = int(method[2]) if method is not None else -1
             learned = edge.learned if edge is not None else 0
-            online_hours = edge.hours if edge is not None else None
             online_peak = edge.peak if edge is not None and learned >= _MIN_CALLS_FOR_PEAK else -1.0
-            hours = list(online_hours) if online_hours is not None else [0] * 24
+            hour = int(ts // 3600 % 24)
+            later = (hour + 1) % 24
+            if edge is not None:  # every learned call adds one to its hour: `learned` is their total
+                hours = edge.hours
+                at_hour, around = hours[hour], hours[hour - 1] + hours[later]
+            else:
+                at_hour = around = 0
 
-        hour = int(ts // 3600 % 24)
         known = baseline.edge(facts.caller, facts.callee)
         known_template = known.templates.get(facts.template) if known is not None else None
         known_method = known_template.methods.get(facts.method) if known_template is not None else None
@@ -492,26 +497,30 @@ class BehaviourState:
         route_unusual = _ratio_bits(edge_day, template_day) if edge_day > 0 else 0.0
         method_unusual = _ratio_bits(template_day, method_day) if template_day > 0 else 0.0
 
+        total = learned
         if known is not None:
-            hours = [a + b for a, b in zip(hours, known.hours, strict=True)]
-        total = sum(hours)
-        if total >= _HOURS_KNOWN:
-            smoothed = hours[hour] + (hours[hour - 1] + hours[(hour + 1) % 24]) / 2
-            hour_unusual = _ratio_bits((2 * total) / 24, smoothed)
-        else:
-            hour_unusual = 0.0
+            total += known.calls
+            at_hour += known.hours[hour]
+            around += known.hours[hour - 1] + known.hours[later]
+        hour_unusual = _ratio_bits(2 * total / 24, at_hour + around / 2) if total >= _HOURS_KNOWN else 0.0
 
         if known is not None:
             peak = known.minute_max
-            reference = float(max(peak[hour - 1], peak[hour], peak[(hour + 1) % 24]))
+            busiest = float(max(peak[hour - 1], peak[hour], peak[(hour + 1) % 24]))
         else:
-            reference = online_peak
-        rate_burst = _ratio_bits(activity.calls_minute, reference) if reference >= 0 else 0.0
+            busiest = online_peak
+        rate_burst = _ratio_bits(activity.calls_minute, busiest) if busiest >= 0 else 0.0
 
-        if known_template is not None:
-            ids_short = _ratio_bits(activity.ids_short, known_template.ids_short)
-            ids_long = _ratio_bits(activity.ids_long, known_template.ids_long)
-            id_walk = _ratio_bits(activity.walk, known_template.walk)
+        # Ids against the template's baseline; a template new since training against its edge's others; an edge
+        # new since training is neutral here (it is novel: `edge_novelty` speaks); with no baseline at all (the
+        # bundled model) the counts themselves, which its calibration saw across many sites.
+        ids_usual: TemplateBaseline | EdgeBaseline | None = known_template or known
+        if ids_usual is not None:
+            ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short)
+            ids_long = _ratio_bits(activity.ids_long, ids_usual.ids_long)
+            id_walk = _ratio_bits(activity.walk, ids_usual.walk)
+        elif baseline.edges:
+            ids_short = ids_long = id_walk = 0.0
         else:
             ids_short = _ratio_bits(activity.ids_short, 0.0)
             ids_long = _ratio_bits(activity.ids_long, 0.0)
@@ -572,13 +581,14 @@ class BehaviourState:
             edge.rate = _decayed(edge.rate, edge.rate_at, ts) + 1.0
             edge.rate_at = max(ts, edge.rate_at)
             edge.hours[int(ts // 3600 % 24)] += 1
+            method: list[float] | None = None
             if template is not None:
                 template.rate = _decayed(template.rate, template.rate_at, ts) + 1.0
                 template.rate_at = max(ts, template.rate_at)
                 method = template.methods.get(facts.method)
                 if method is None:
                     if len(template.methods) < _MAX_METHODS:
-                        template.methods[facts.method] = [1.0, ts]
+                        method = template.methods[facts.method] = [1.0, ts, -1.0]
                 else:
                     method[0] = _decayed(method[0], method[1], ts) + 1.0
                     method[1] = max(ts, method[1])
@@ -588,10 +598,8 @@ class BehaviourState:
             calls = edge.minute_count + edge.minute_prev * (1.0 - (ts % 60) / 60)
             if calls > edge.peak:
                 edge.peak = calls
-            if template is not None and facts.size >= 0:
-                sizes = template.sizes
-                if facts.size > sizes.get(facts.method, -1) and (facts.method in sizes or len(sizes) < _MAX_METHODS):
-                    sizes[facts.method] = facts.size
+            if method is not None and facts.size > method[2]:
+                method[2] = facts.size
             self._learn_subnet(facts)
 
     def _seen_from(self, facts: CallFacts) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import sys
 from typing import Any
 
@@ -41,6 +43,7 @@ def add_train_commands(sub: argparse._SubParsersAction[Any]) -> None:
     bundle.add_argument("--days", type=float, default=2.0, help="days simulated per site (default 2)")
     bundle.add_argument("--scale", type=float, default=0.25, help="rate multiplier of every site (default 0.25)")
     bundle.add_argument("--fpr-budget", type=float, default=DEFAULT_FPR_BUDGET)
+    bundle.add_argument("--workers", type=int, default=2, help="sites simulated at once (default 2)")
     bundle.add_argument("--out", required=True, metavar="MODEL.onnx")
     bundle.set_defaults(handler=_bundle)
 
@@ -93,34 +96,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bundle(args: argparse.Namespace) -> int:
+def _simulated_site(seed: int, days: float, scale: float) -> tuple[int, list[Any]]:
+    """One simulated site's calls as its decision log records them (risk off: nothing decided shapes the data)."""
     import tempfile
     from pathlib import Path
 
-    from authz_server.risklab.graph import OnnxMissing
     from authz_server.risklab.requests import CertificateCache, LabServer, lab_ca
     from authz_server.risklab.simulator import DAY, Timeline
     from authz_server.risklab.sites import site
-    from authz_server.risklab.training import (
-        TrainingDataError,
-        read_decision_logs,
-        train_bundled,
-        usable,
-        write_atomically,
-    )
+    from authz_server.risklab.training import read_decision_logs, usable
 
-    if args.sites < 2 or args.days <= 0 or args.scale <= 0:
-        return _fail("--sites must be >= 2, --days and --scale > 0")
-    sites = []
+    spec = site(f"site{seed}", seed, vary=True, scale=scale)
     with tempfile.TemporaryDirectory(prefix="authz-bundle-") as tmp:
-        for seed in range(1, args.sites + 1):
-            spec = site(f"site{seed}", seed, vary=True, scale=args.scale)
-            with LabServer(Path(tmp) / f"site{seed}", spec, CertificateCache(lab_ca(spec.start)),
-                           risk={"enabled": False}) as server:  # fmt: skip
-                count = server.replay(Timeline(spec).events(spec.start + args.days * DAY))
-            log = read_decision_logs([server.decision_log])
-            sites.append(usable(log))
-            print(f"  site{seed}: {len(spec.workloads)} workloads, {count} calls, {len(sites[-1])} let through")
+        with LabServer(Path(tmp), spec, CertificateCache(lab_ca(spec.start)), risk={"enabled": False}) as server:
+            server.replay(Timeline(spec).events(spec.start + days * DAY))
+        return len(spec.workloads), usable(read_decision_logs([server.decision_log]))
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from authz_server.risklab.graph import OnnxMissing
+    from authz_server.risklab.training import TrainingDataError, train_bundled, write_atomically
+
+    if args.sites < 2 or args.days <= 0 or args.scale <= 0 or args.workers < 1:
+        return _fail("--sites must be >= 2, --workers >= 1, --days and --scale > 0")
+    seeds = range(1, args.sites + 1)
+    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        simulated = list(pool.map(_simulated_site, seeds, [args.days] * len(seeds), [args.scale] * len(seeds)))
+    for seed, (workloads, calls) in zip(seeds, simulated, strict=True):
+        print(f"  site{seed}: {workloads} workloads, {len(calls)} calls let through")
+    sites = [calls for _, calls in simulated]
     try:
         model = train_bundled(
             sites,

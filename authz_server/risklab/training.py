@@ -3,10 +3,11 @@
 1. **Read** the logs (`read_decision_logs`): every file named and its rotated predecessors (`FILE.N` .. `FILE.1`,
    oldest first), lines sorted by request time. A truncated or garbled line (a crash mid-write, a rotated file cut
    short) is skipped and counted, never fatal.
-2. **Choose** what is normal (`usable`): calls policy let through that the risk stage scored low (or did not score),
-   plus any line an operator accepted (`"label": "accepted"` in the line, or `DECISION_ID accepted` in a label
-   file), minus lines labelled `malicious`. So a new edge the stage annotated is learned once it is accepted, and
-   no call risk alarmed on teaches the next model by itself.
+2. **Choose** what is normal (`usable`): every call policy let through, except calls the risk stage denied or
+   alarmed on as a new edge (`edge_novelty` in `risk.alarmed`) unless an operator accepted them (`"label":
+   "accepted"` in the line, or `DECISION_ID accepted` in a label file), and lines labelled `malicious`. Annotations
+   are not held against a call otherwise: a site's first log is written under the bundled model, whose cold start
+   annotates plenty of benign traffic, and dropping it would narrow the baseline to whatever was never unusual.
 3. **Baseline** (`build_baseline`): the calls are replayed through the serving code's own `BehaviourState`, and
    per edge the tables the features compare with are kept: calls by hour of day, the busiest minute per hour, per
    template the most distinct ids in the short and long windows and the longest id walk, per method the calls and
@@ -212,10 +213,11 @@ def usable(log: DecisionLog, labels: dict[str, str] | None = None) -> list[CallF
             continue
         if label != ACCEPTED:
             if record.get("verdict") == "deny":
-                log.skipped["denied by risk"] += 1
+                log.skipped["denied by risk (not accepted)"] += 1
                 continue
-            if risk.get("status") == "scored" and risk.get("band") not in ("low", "", None):
-                log.skipped["risk alarmed (not accepted)"] += 1
+            alarmed = risk.get("alarmed")
+            if isinstance(alarmed, list) and "edge_novelty" in alarmed:
+                log.skipped["new edge (not accepted)"] += 1
                 continue
         facts = facts_from_record(record)
         if facts is None:

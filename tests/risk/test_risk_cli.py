@@ -28,12 +28,14 @@ def site_lines() -> list[dict[str, Any]]:
 
 
 def _new_edge_lines(band: str, **extra: Any) -> list[dict[str, Any]]:
-    """A day of a new dependency (billing/invoicer -> shop/catalog), as the stage scored it: `band`."""
+    """A day of a new dependency (billing/invoicer -> shop/catalog), as the stage scored it: `band` (elevated: on
+    `edge_novelty`, the way a site-trained model annotates an edge its baseline lacks)."""
     lines = []
     for i in range(400):
         ts = 1772409600.0 + 86400 + i * 200
         line = log_line(f"new-{i}", "billing/invoicer", "shop/catalog", "GET", f"/prices/{i % 50}", ts, **extra)
         line["risk"]["band"] = band
+        line["risk"]["alarmed"] = ["edge_novelty", "route_unusual"] if band == "elevated" else []
         lines.append(line)
     return lines
 
@@ -84,7 +86,7 @@ def test_an_annotated_new_edge_is_learned_only_once_an_operator_accepts_it(
     first = tmp_path / "first.onnx"
     code, stdout, _ = _train(capsys, "--baseline", str(log), "--out", str(first))
     assert code == 0
-    assert "400 risk alarmed (not accepted)" in stdout
+    assert "400 new edge (not accepted)" in stdout
     assert AnomalyModel.load(first).baseline.edge(NEW_CALLER, CATALOG) is None
 
     # Accepted by a label file (decision ids), or by a label in the line itself: the next model knows the edge.
@@ -105,6 +107,17 @@ def test_an_annotated_new_edge_is_learned_only_once_an_operator_accepts_it(
         assert new_call is not None
         row = BehaviourState(RiskConfig()).features(new_call, model.baseline)
         assert row[FEATURE_NAMES.index("edge_novelty")] == 0.0
+
+
+def test_annotations_on_a_known_edge_are_learned_the_first_log_is_written_under_the_bundled_model(
+    tmp_path: Path, site_lines: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    annotated = {"status": "scored", "band": "elevated", "alarmed": ["svid_age"], "feature_schema": "v2"}
+    # The bundled model's cold start annotated one call in 50 of the site's own traffic.
+    lines = [{**line, "risk": annotated} if i % 50 == 0 else line for i, line in enumerate(site_lines)]
+    log = write_log(tmp_path / "decisions.jsonl", lines)
+    code, stdout, _ = _train(capsys, "--baseline", str(log), "--out", str(tmp_path / "m.onnx"))
+    assert code == 0 and f"learned from {len(site_lines)} calls" in stdout
 
 
 def test_lines_labelled_malicious_are_never_learned(

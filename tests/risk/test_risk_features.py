@@ -238,3 +238,22 @@ def test_configuration_is_validated_naming_each_key() -> None:
     assert any(p.startswith("max_edges:") for p in problems)
     assert any(p.startswith("allow_below:") for p in problems)
     assert any(p.startswith("top_factors:") for p in problems)
+
+
+def test_ids_on_a_template_new_since_training_are_judged_against_the_edges_other_templates() -> None:
+    """A deploy's /v2/ route reads as many ids as /v1/ did: not an enumeration, even before the next training."""
+    reader = workload("shop/reader", "10.1.2.9")
+    history = [facts(reader, f"/v1/orders/{i * 7919 % 400}", t=at(1) + i * 0.5) for i in range(600)]
+    baseline = build_baseline(history)
+    state = BehaviourState(RiskConfig())
+    t = at(2)
+    for i in range(120):
+        learn(state, facts(reader, f"/v2/orders/{i * 7919 % 400}", t=t + i * 0.5), Learning.NOVELTY)
+    after = facts(reader, "/v2/orders/77", t=t + 60)
+    assert feature(state, after, "ids_short", baseline) < 0.5
+    assert feature(state, after, "ids_short", EMPTY) > 5  # the same counts with nothing to compare them with
+    # An edge the site model does not know at all is left to edge_novelty.
+    stranger = workload("shop/stranger", "10.1.2.10")
+    for i in range(120):
+        learn(state, facts(stranger, f"/v1/orders/{i * 7919 % 400}", t=t + i * 0.5), Learning.NOVELTY)
+    assert feature(state, facts(stranger, "/v1/orders/5", t=t + 60), "ids_short", baseline) == 0.0
