@@ -132,7 +132,7 @@ def test_enforced_risk_over_a_deploy_and_a_peak_denies_no_benign_call_and_catche
 
     denied = [(e.caller, e.method, e.path, r.json) for e, r in benign if r.status != 200]
     assert not denied, f"benign calls denied: {denied}"
-    assert len(benign) > 40 and len({e.caller for e, _ in benign}) >= 4
+    assert len(benign) > 30 and len({e.caller for e, _ in benign}) >= 4
 
     attacks: dict[str, list[Reply]] = defaultdict(list)
     for event, reply in replies:
