@@ -122,7 +122,7 @@ def test_enforced_risk_over_a_deploy_and_a_peak_denies_no_benign_call_and_catche
                 ))  # fmt: skip
             time.sleep(max(0.0, event.ts + shift - time.time()))
             replies.append((event, _send(mesh, event, svids[event.svid])))
-        decisions = mesh.decisions()
+    decisions = mesh.decisions()  # after the server stopped and flushed its decision log
 
     benign = [(e, r) for e, r in replies if e.label == "benign"]
     frontend = [e for e, _ in benign if e.caller == "shop/frontend"]
