@@ -190,8 +190,9 @@ class Timeline:
         self._uids = 0
         self.state = {w.name: _WorkloadState(w, []) for w in site.workloads}
         for st in self.state.values():
-            st.replicas = [self._new_replica(st.spec, site.start - self.rng.uniform(0, DAY)) for _ in
-                           range(st.spec.replicas)]  # fmt: skip
+            st.replicas = [
+                self._new_replica(st.spec, site.start - self.rng.uniform(0, DAY), i) for i in range(st.spec.replicas)
+            ]
         self.deploys: list[Deploy] = []
         self.peaks: list[Peak] = []
         self._scheduled_until = site.start
@@ -199,9 +200,11 @@ class Timeline:
 
     # --- operations ---------------------------------------------------------------------------------------
 
-    def _new_replica(self, spec: Workload, born: float) -> Replica:
+    def _new_replica(self, spec: Workload, born: float, slot: int | None = None) -> Replica:
+        """A pod: the first ones spread over every node subnet of the workload (`slot`), later ones anywhere."""
         self._uids += 1
-        subnet = self.rng.choice(spec.subnets or ("10.0.0",))
+        subnets = spec.subnets or ("10.0.0",)
+        subnet = subnets[slot % len(subnets)] if slot is not None else self.rng.choice(subnets)
         address = f"{subnet}.{self.rng.randrange(2, 254)}"
         return Replica(self._uids, address, born)
 
@@ -231,7 +234,7 @@ class Timeline:
             if t <= deploy.at < t + minute:
                 st = self.state[deploy.workload]
                 # A rolling restart: every replica replaced, new addresses, new SVIDs (the v2 move ramps below).
-                st.replicas = [self._new_replica(st.spec, t + i * 60) for i in range(len(st.replicas))]
+                st.replicas = [self._new_replica(st.spec, t + i * 60, i) for i in range(len(st.replicas))]
                 if deploy.v2_callee is not None:
                     st.v2_since[deploy.v2_callee] = (deploy.at, deploy.ramp_s)
         p_churn = self.site.churn_per_replica_day * minute / DAY

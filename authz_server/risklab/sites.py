@@ -305,7 +305,10 @@ def site(
     base = rng.randrange(0, 200)
     placed = []
     for w in workloads:
-        nodes = rng.sample(range(24), rng.choice((1, 2, 2, 3)))
+        # No more node subnets than replicas: every subnet a workload's pods use is in use from the start, so pod
+        # churn brings new addresses in known subnets (a pod on a node pool the workload never ran on is the
+        # stolen-SVID attack's territory, not benign churn).
+        nodes = rng.sample(range(24), min(w.replicas, rng.choice((1, 2, 2, 3))))
         placed.append(replace(w, rate=w.rate * scale, subnets=tuple(f"10.{base}.{n}" for n in nodes)))
     names = {w.name for w in placed}
     callees = {e.callee for w in placed for e in w.edges}

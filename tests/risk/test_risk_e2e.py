@@ -97,7 +97,8 @@ def test_enforced_risk_over_a_deploy_and_a_peak_denies_no_benign_call_and_catche
     timeline = Timeline(site)
     # History: a day through the Authorizer on a simulated clock, then the site model from its decision log.
     with LabServer(tmp_path / "history", site, CertificateCache(lab_ca(site.start))) as history:
-        history.replay(timeline.events(history_end))
+        past = list(timeline.events(history_end))
+        history.replay(past)
     model = tmp_path / "site.onnx"
     train_site_model([history.decision_log], model, 0.001)
 
@@ -121,18 +122,20 @@ def test_enforced_risk_over_a_deploy_and_a_peak_denies_no_benign_call_and_catche
                 ))  # fmt: skip
             time.sleep(max(0.0, event.ts + shift - time.time()))
             replies.append((event, _send(mesh, event, svids[event.svid])))
-        decisions = mesh.decisions()
+    decisions = mesh.decisions()  # after the server stopped and flushed its decision log
 
     benign = [(e, r) for e, r in replies if e.label == "benign"]
     frontend = [e for e, _ in benign if e.caller == "shop/frontend"]
-    before = sum(e.ts < history_end + DEPLOY_AT_S for e in frontend) / DEPLOY_AT_S
+    # The frontend's rate in the history's last hour (the same time of day) against the live minute after the
+    # peak's ramp: a 10 s window before the peak holds too few calls to compare with.
+    before = sum(e.caller == "shop/frontend" and e.ts >= history_end - 3600 for e in past) / 3600
     after = sum(e.ts >= history_end + DEPLOY_AT_S + 5 for e in frontend) / (LIVE_S - DEPLOY_AT_S - 5)
     assert any(e.path.startswith("/v2/") for e in frontend), "the deploy never moved the frontend to /v2/"
-    assert after > 1.8 * before, f"no peak: {before:.2f}/s before, {after:.2f}/s after"
+    assert after > 1.8 * before, f"no peak: {before:.2f}/s in the last hour, {after:.2f}/s in the live minute"
 
     denied = [(e.caller, e.method, e.path, r.json) for e, r in benign if r.status != 200]
     assert not denied, f"benign calls denied: {denied}"
-    assert len({e.caller for e, _ in benign}) == 5
+    assert len(benign) > 30 and len({e.caller for e, _ in benign}) >= 4
 
     attacks: dict[str, list[Reply]] = defaultdict(list)
     for event, reply in replies:
