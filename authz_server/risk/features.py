@@ -517,7 +517,7 @@ class BehaviourState:
 
         if known is not None:
             peak = known.minute_max
-            busiest = float(max(peak[hour - 1], peak[hour], peak[(hour + 1) % 24]))
+            busiest = float(max(peak[hour - 1], peak[hour], peak[later])) or known.busiest_minute
         else:
             busiest = online_peak
         rate_burst = _ratio_bits(activity.calls_minute, busiest) if busiest >= 0 else 0.0

@@ -271,3 +271,13 @@ def test_a_new_nodes_subnet_is_learned_when_nothing_else_alarmed_and_a_copied_ce
     thief = facts(FRONTEND, t=t + 2, address="203.0.113.9")
     learn(state, thief, learning_for(frozenset({"source_new", "serial_multi_source"})))
     assert feature(state, facts(FRONTEND, t=t + 3, address="203.0.113.10"), "source_new") == 2.0
+
+
+def test_one_call_at_an_hour_the_edge_never_works_is_unusual_for_its_hour_not_a_burst() -> None:
+    console = workload("ops/console", "10.9.0.4")
+    history = [facts(console, f"/admin/users/{i}", t=at(h) + i * 30) for h in range(1, 9) for i in range(20)]
+    baseline = build_baseline(history)
+    late = facts(console, "/admin/users/3", t=at(20))
+    state = BehaviourState(RiskConfig())
+    assert feature(state, late, "rate_burst", baseline) == 0.0  # one call: the edge's busiest minute was 3
+    assert feature(state, late, "hour_unusual", baseline) > 3
