@@ -85,7 +85,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "rate_burst",
         "log2((calls on the edge in the last minute + 1) / (the most the edge did in one minute at "
-        "this hour of day +-1 h + 1))",
+        "this hour of day +-1 h, or at any hour when it never works then, + 1))",
         16.0,
         1.0,
     ),
