@@ -85,7 +85,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "rate_burst",
         "log2((calls on the edge in the last minute + 1) / (the most the edge did in one minute at "
-        "this hour of day +-1 h + 1))",
+        "this hour of day +-1 h, or at any hour when it never works then, + 1))",
         16.0,
         1.0,
     ),
@@ -133,8 +133,11 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 N_FEATURES = len(FEATURES)
 _HIGH = tuple(f.high for f in FEATURES)
-NOVELTY = frozenset(range(4))
-"""Indexes of the novelty features (edge, route, method, hour): rarity ratios, so a few calls stay rare."""
+NOVELTY = frozenset(FEATURE_NAMES[i] for i in (0, 1, 2, 3, 9))
+"""The novelty features: edge, route, method, hour (rarity ratios, so a few calls stay rare) and the source subnet.
+A call whose only alarms are these still teaches the online state what is new (`Learning.NOVELTY`): a deploy's
+routes and a new node's subnet become known, while a copied certificate (`serial_multi_source`) or any other
+behaviour alarm teaches nothing."""
 
 CLOCK_SKEW_S = 5.0
 """Behaviour reads Envoy's `request.time` (when the request arrived, not when this server got round to it), bounded
@@ -223,11 +226,19 @@ class Learning(IntFlag):
 
     NOTHING = 0
     NOVELTY = 1
-    """Templates, methods, hours, the edge itself: no behaviour feature (rate, ids, size, source, SVID) alarmed.
-    A novelty alarm alone does not stop it: these are rarity ratios, so a deploy that moves every route to /v2/
-    becomes common within the hour, while a handful of probes stays rare."""
+    """Templates, methods, hours, the edge itself, the caller's subnet: no behaviour feature (rate, ids, walk, size,
+    serial, SVID age) alarmed. A novelty alarm alone does not stop it: route, method and hour are rarity ratios, so a
+    deploy that moves every route to /v2/ becomes common within the hour while a handful of probes stays rare; and
+    a subnet that never alarmed on anything else is a new node, which would otherwise alarm forever."""
     EVERYTHING = 3
-    """Also sizes, subnets and the rate peak of an edge with no baseline: no feature alarmed at all."""
+    """Also sizes and the rate peak of an edge with no baseline: no feature alarmed at all."""
+
+
+def learning_for(alarmed: frozenset[str]) -> Learning:
+    """What a call that went through may teach, given the features that alarmed on it (serving and training both)."""
+    if not alarmed:
+        return Learning.EVERYTHING
+    return Learning.NOVELTY if alarmed <= NOVELTY else Learning.NOTHING
 
 
 @lru_cache(maxsize=4096)
@@ -506,7 +517,7 @@ class BehaviourState:
 
         if known is not None:
             peak = known.minute_max
-            busiest = float(max(peak[hour - 1], peak[hour], peak[(hour + 1) % 24]))
+            busiest = float(max(peak[hour - 1], peak[hour], peak[later])) or known.busiest_minute
         else:
             busiest = online_peak
         rate_burst = _ratio_bits(activity.calls_minute, busiest) if busiest >= 0 else 0.0
@@ -592,6 +603,7 @@ class BehaviourState:
                 else:
                     method[0] = _decayed(method[0], method[1], ts) + 1.0
                     method[1] = max(ts, method[1])
+            self._learn_subnet(facts)
 
             if learning is not Learning.EVERYTHING:
                 return
@@ -600,7 +612,6 @@ class BehaviourState:
                 edge.peak = calls
             if method is not None and facts.size > method[2]:
                 method[2] = facts.size
-            self._learn_subnet(facts)
 
     def _seen_from(self, facts: CallFacts) -> None:
         addresses = _recall(self._certificates, facts.certificate)

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 
 from authz_server.risk.bands import band_for
 from authz_server.risk.config import RiskConfig
-from authz_server.risk.features import FEATURE_NAMES, FEATURE_SCHEMA, NOVELTY, BehaviourState, Learning, facts_from_call
+from authz_server.risk.features import (
+    FEATURE_NAMES,
+    FEATURE_SCHEMA,
+    BehaviourState,
+    Learning,
+    facts_from_call,
+    learning_for,
+)
 from authz_server.risk.model import AnomalyModel
 from authz_server.risk.outcome import RiskAction, RiskFactor, RiskOutcome, RiskStatus
 
@@ -24,7 +31,6 @@ if TYPE_CHECKING:
     from authz_server.identity.result import Identity
     from authz_server.policy.outcome import PolicyOutcome
 
-_NOVELTY_NAMES = frozenset(FEATURE_NAMES[i] for i in NOVELTY)
 
 _clock = time.perf_counter
 
@@ -126,10 +132,6 @@ class RiskScorer:
         a call risk alarmed on teaches nothing, and a denial itself is never a feature)."""
         if risk.status is not RiskStatus.SCORED or (risk.action is RiskAction.DENY and not risk.shadow):
             learning = Learning.NOTHING
-        elif not risk.alarmed:
-            learning = Learning.EVERYTHING
-        elif risk.alarmed <= _NOVELTY_NAMES:
-            learning = Learning.NOVELTY
         else:
-            learning = Learning.NOTHING
+            learning = learning_for(risk.alarmed)
         self.state.observe(facts_from_call(call, identity, policy.normalized_path or call.path, now), learning)

@@ -32,7 +32,7 @@ import json
 import math
 import platform
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from authz_server.risk.features import (
     CallFacts,
     Learning,
     bounded,
+    learning_for,
     subnets,
     template_and_id,
 )
@@ -305,17 +306,42 @@ def build_baseline(calls: Sequence[CallFacts]) -> Baseline:
     )
 
 
-def feature_rows(calls: Sequence[CallFacts], baseline: Baseline, start: float, stop: float) -> np.ndarray:
-    """Feature vectors of the calls in [start, stop), with every earlier call replayed first (the state warm)."""
+Gate = Callable[[list[float]], Learning]
+"""What a call with this feature vector may teach the online state (serving's rule, `features.learning_for`)."""
+
+
+def feature_rows(
+    calls: Sequence[CallFacts], baseline: Baseline, start: float, stop: float, gate: Gate | None = None
+) -> np.ndarray:
+    """Feature vectors of the calls in [start, stop), with every earlier call replayed first (the state warm).
+
+    `gate` None: every call teaches the online state everything (a first pass, before any band exists); else each
+    call teaches what serving would let it teach under those bands, so calibration sees the same online state."""
     state = BehaviourState(RiskConfig(max_identities=10**7, max_edges=10**7))
     rows = []
     for facts in calls:
         if facts.ts >= stop:
             break
+        if gate is None:
+            if facts.ts >= start:
+                rows.append(state.features(facts, baseline))
+            state.observe(facts, Learning.EVERYTHING)
+            continue
+        row = state.features(facts, baseline)
         if facts.ts >= start:
-            rows.append(state.features(facts, baseline))
-        state.observe(facts, Learning.EVERYTHING)
+            rows.append(row)
+        state.observe(facts, gate(row))
     return np.asarray(rows, dtype=np.float32).reshape(-1, len(FEATURES))
+
+
+def serving_gate(tables: SurpriseTables, alarm_surprise: float) -> Gate:
+    """Serving's learning rule under these tables and alarm edge."""
+
+    def learning(row: list[float]) -> Learning:
+        surprise = tables.surprise(np.asarray([row], dtype=np.float32))[0]
+        return learning_for(frozenset(FEATURE_NAMES[i] for i in np.flatnonzero(surprise >= alarm_surprise)))
+
+    return learning
 
 
 def surprise_tables(rows: np.ndarray) -> list[tuple[list[float], list[float], list[float]]]:
@@ -459,6 +485,11 @@ def train_site(
     fit = feature_rows(calls, early, half, three_quarters)
     held = feature_rows(calls, early, three_quarters, math.inf)
     tables, calibration = calibrate(surprise_tables(fit), [held], fpr_budget, config)
+    # Again, the online state learning only what serving would let it learn under those bands.
+    gate = serving_gate(tables, calibration.alarm_surprise)
+    fit = feature_rows(calls, early, half, three_quarters, gate)
+    held = feature_rows(calls, early, three_quarters, math.inf, gate)
+    tables, calibration = calibrate(surprise_tables(fit), [held], fpr_budget, config)
     baseline = build_baseline(calls)
     training = {
         "source": source,
@@ -486,6 +517,11 @@ def train_bundled(
     if len(sites) < 2:
         raise TrainingDataError("the bundled model needs at least two sites (one for distributions, one held out)")
     rows = [feature_rows(calls, EMPTY, -math.inf, math.inf) for calls in sites]
+    tables, calibration = calibrate(surprise_tables(np.concatenate(rows[0::2])), rows[1::2], fpr_budget, config)
+    # Again, each site's online state learning only what serving would let it learn under those bands: a cold
+    # start where every call taught everything would calibrate a model for a state serving never has.
+    gate = serving_gate(tables, calibration.alarm_surprise)
+    rows = [feature_rows(calls, EMPTY, -math.inf, math.inf, gate) for calls in sites]
     fit = np.concatenate(rows[0::2])
     tables, calibration = calibrate(surprise_tables(fit), rows[1::2], fpr_budget, config)
     training = {

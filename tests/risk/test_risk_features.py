@@ -11,7 +11,7 @@ from risk_support import CALLEE, TRUST_DOMAIN, Workload, at, parsed, workload
 
 from authz_server.risk import FEATURE_NAMES, BehaviourState, RiskConfig
 from authz_server.risk.baseline import EMPTY, Baseline
-from authz_server.risk.features import CLOCK_SKEW_S, CallFacts, Learning, bounded, facts_from_call
+from authz_server.risk.features import CLOCK_SKEW_S, CallFacts, Learning, bounded, facts_from_call, learning_for
 from authz_server.risklab.training import build_baseline
 
 FRONTEND = workload("shop/frontend", "10.1.2.3")
@@ -257,3 +257,27 @@ def test_ids_on_a_template_new_since_training_are_judged_against_the_edges_other
     for i in range(120):
         learn(state, facts(stranger, f"/v1/orders/{i * 7919 % 400}", t=t + i * 0.5), Learning.NOVELTY)
     assert feature(state, facts(stranger, "/v1/orders/5", t=t + 60), "ids_short", baseline) == 0.0
+
+
+def test_a_new_nodes_subnet_is_learned_when_nothing_else_alarmed_and_a_copied_certificates_is_not() -> None:
+    """Pods rescheduled onto another node's subnet alarm once, then are known; an address a copied certificate is
+    used from (the same serial elsewhere at the same time) never becomes the identity's normal."""
+    state = BehaviourState(RiskConfig())
+    t = steady(state, calls=50)
+    moved = facts(FRONTEND, t=t, address="10.7.0.5")
+    assert feature(state, moved, "source_new") == 2.0
+    learn(state, moved, learning_for(frozenset({"source_new"})))
+    assert feature(state, facts(FRONTEND, t=t + 1, address="10.7.0.6"), "source_new") == 0.0
+    thief = facts(FRONTEND, t=t + 2, address="203.0.113.9")
+    learn(state, thief, learning_for(frozenset({"source_new", "serial_multi_source"})))
+    assert feature(state, facts(FRONTEND, t=t + 3, address="203.0.113.10"), "source_new") == 2.0
+
+
+def test_one_call_at_an_hour_the_edge_never_works_is_unusual_for_its_hour_not_a_burst() -> None:
+    console = workload("ops/console", "10.9.0.4")
+    history = [facts(console, f"/admin/users/{i}", t=at(h) + i * 30) for h in range(1, 9) for i in range(20)]
+    baseline = build_baseline(history)
+    late = facts(console, "/admin/users/3", t=at(20))
+    state = BehaviourState(RiskConfig())
+    assert feature(state, late, "rate_burst", baseline) == 0.0  # one call: the edge's busiest minute was 3
+    assert feature(state, late, "hour_unusual", baseline) > 3
