@@ -35,7 +35,7 @@ from authz_server.dev.mesh import LocalMesh, Reply
 from authz_server.risklab.evaluation import train_site_model
 from authz_server.risklab.requests import CertificateCache, LabServer, lab_ca
 from authz_server.risklab.simulator import DAY, Event, SvidRef, Timeline
-from authz_server.risklab.sites import DIURNAL, STEADY, Edge, Route, SiteSpec, Workload, spiffe_id
+from authz_server.risklab.sites import STEADY, Edge, Route, SiteSpec, Workload, spiffe_id
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ def _site(history_start: float) -> SiteSpec:
 
     return SiteSpec("e2e", 5, (
         workload("shop/frontend", (Route("GET", "/products/{id}", 6), Route("GET", "/products/{id}/reviews", 2)),
-                 rate=14, habit=DIURNAL, replicas=2),
+                 rate=14, replicas=2),  # steady, so the live minute holds as many calls whatever the hour
         workload("shop/recommendations", (Route("GET", "/products/{id}", 1, shape="sku"),), rate=5),
         workload("shop/reviews", (Route("POST", "/products/{id}/reviews", 1, body=600),
                                   Route("GET", "/products/{id}/reviews", 2)), rate=4),
