@@ -122,6 +122,7 @@ FEATURES: tuple[Feature, ...] = (
         "known /16 (/48), 2 new /16",
         2.0,
         0.5,
+        True,  # pods rescheduled onto a new node: annotated, learned, never denied on this alone
     ),
     Feature(
         "serial_multi_source", "other source addresses this certificate was seen from in the last 10 minutes", 3.0, 0.5

@@ -36,10 +36,10 @@ def test_the_bundled_model_loads_fits_the_schema_and_scores() -> None:
     assert 0 <= low < 0.3 < 0.9 < high <= 1
 
 
-def test_a_new_edge_alone_never_reaches_the_deny_band() -> None:
+def test_what_a_legitimate_change_moves_never_reaches_the_deny_band_on_its_own() -> None:
     model = AnomalyModel.load("")
     row = [0.0] * len(FEATURE_NAMES)
-    for name in ("edge_novelty", "route_unusual", "method_unusual", "hour_unusual", "ids_long"):
+    for name in ("edge_novelty", "route_unusual", "method_unusual", "hour_unusual", "ids_long", "source_new"):
         row[FEATURE_NAMES.index(name)] = 1e6  # as novel as a float holds
     score, _ = model.score(row)
     assert score <= RiskConfig().default_max_risk
