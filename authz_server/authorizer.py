@@ -14,6 +14,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -73,8 +74,17 @@ class DecisionIds:
 
 
 class Authorizer:
-    def __init__(self, runtime: Runtime, sink: DecisionSink, ids: DecisionIds | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        sink: DecisionSink,
+        ids: DecisionIds | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._runtime = runtime
+        self._clock = clock
+        """The server's clock: identity and policy validity read it; risk reads Envoy's request time bounded
+        against it (risk/features.py, `behaviour_time`). Simulations replay past days through their own clock."""
         self._sink = sink
         self._next_id = ids or DecisionIds()
         self._swap_lock = threading.Lock()
@@ -94,7 +104,7 @@ class Authorizer:
         runtime = self._runtime
         t0 = _ns()
         call = parse_call(request)
-        now = time.time()
+        now = self._clock()
         t1 = _ns()
         identity = runtime.identity.verify(call, now)
         t2 = _ns()
@@ -117,7 +127,8 @@ class Authorizer:
         response = build_response(decision, call.headers)
         t5 = _ns()
         timings = StageTimings((t1 - t0) / 1e3, (t2 - t1) / 1e3, (t3 - t2) / 1e3, (t4 - t3) / 1e3, (t5 - t4) / 1e3)
-        if runtime.risk is not None:
-            runtime.risk.observe(call, decision)
+        # Behaviour counts every call policy let through (those risk assessed), once the response is built.
+        if runtime.risk is not None and risk is not None and policy is not None and isinstance(identity, Identity):
+            runtime.risk.observe(call, identity, policy, risk, now)
         self._sink.record(call, decision, timings)
         return response

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     from authz_server.dev.check import add_commands as add_check_commands
     from authz_server.ops.cli import add_commands as add_ops_commands
     from authz_server.policy.cli import add_commands as add_policy_commands
-    from authz_server.risk.cli import add_commands as add_risk_commands
+    from authz_server.risklab.cli import add_commands as add_risk_commands
 
     parser = argparse.ArgumentParser(prog="authz-server", description="Envoy ext_authz decision point")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from authz_server.call import Call
-    from authz_server.decision import Decision
     from authz_server.identity.result import Identity, IdentityResult
     from authz_server.policy.outcome import PolicyOutcome
     from authz_server.risk.outcome import RiskOutcome
@@ -51,8 +50,8 @@ class RiskStage(Protocol):
         """Score the call and map the score to an action, within `budget_s` seconds."""
         ...
 
-    def observe(self, call: Call, decision: Decision) -> None:
-        """Feed the final decision back into the caller's behavioural state."""
+    def observe(self, call: Call, identity: Identity, policy: PolicyOutcome, risk: RiskOutcome, now: float) -> None:
+        """Count a call policy let through (`risk` is what `assess` said of it) in the behavioural state."""
         ...
 
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from authz_server.identity.result import Identity, IdentityFailure
 from authz_server.policy.outcome import Mode
+from authz_server.risk.features import request_size
+from authz_server.routes import route_template
 
 if TYPE_CHECKING:
     from authz_server.authorizer import StageTimings
@@ -112,6 +114,8 @@ def risk_fields(risk: RiskOutcome | None) -> dict[str, Any] | None:
         "factors": [{"name": f.name, "contribution": round(f.contribution, 6)} for f in risk.factors],
         "features": list(risk.features),
         "feature_schema": risk.feature_schema,
+        "alarmed": sorted(risk.alarmed),
+        "at": risk.at,
     }
 
 
@@ -151,6 +155,8 @@ def build_record(
             "trust_domain": identity.trust_domain,
             "proof": identity.proof,
             "expires_at": identity.expires_at,
+            "not_before": identity.issued_at,
+            "serial": identity.serial,
             "address": call.source.address,
         }
     elif isinstance(identity, IdentityFailure):
@@ -177,6 +183,9 @@ def build_record(
             "scheme": call.scheme,
             "protocol": call.protocol,
             "size": call.size,
+            "content_length": request_size(call.headers.get("content-length"), call.size),
+            "template": route_template(path),
+            "received_at": round(call.received_at, 6),
             "headers": headers(call.headers, clip),
             "context_extensions": {
                 k: clip(f"request.context_extensions.{k}", v) for k, v in call.context_extensions.items()

@@ -74,12 +74,15 @@ class TrustDomainCA:
     """For an intermediate CA: the chain above it, nearest first (root excluded)."""
 
     @classmethod
-    def create(cls, name: str, *, ttl: dt.timedelta = dt.timedelta(days=30)) -> TrustDomainCA:
+    def create(
+        cls, name: str, *, ttl: dt.timedelta = dt.timedelta(days=30), valid_from: dt.datetime | None = None
+    ) -> TrustDomainCA:
+        """`valid_from`: when the root starts being valid (default: now); the risk lab mints days in the past."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name(
             [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIFFE"), x509.NameAttribute(NameOID.COMMON_NAME, name)]
         )
-        now = _now()
+        now = valid_from or _now()
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)

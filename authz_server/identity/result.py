@@ -62,6 +62,9 @@ class Identity:
     issued_at: float | None = None
     fingerprint: str | None = None
     """SHA-256 of the leaf certificate (hex), when one was verified."""
+    serial: str | None = None
+    """The leaf certificate's serial number (hex), when one was verified: the risk stage notices one certificate
+    used from two places."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -364,6 +364,7 @@ class IdentityVerifier:
             verified.not_after,
             verified.not_before,
             verified.fingerprint,
+            verified.serial or None,
         )
         return identity, verified.valid_until
 

@@ -57,6 +57,8 @@ class VerifiedSvid:
     valid_until: float
     """When this verification stops holding: the earliest expiry in the chain (plus clock skew)."""
     fingerprint: str
+    serial: str = ""
+    """The leaf's serial number, hex."""
 
 
 def decode_pem_certificates(pem: str) -> list[x509.Certificate] | IdentityFailure:
@@ -196,6 +198,7 @@ class TrustStore:
             not_after,
             min(not_after + skew, chained),
             hashlib.sha256(der).hexdigest(),
+            format(leaf.serial_number, "x"),
         )
 
     def _chain(

@@ -1,4 +1,5 @@
-"""Stage 4, risk: behavioural features, an ONNX anomaly model under a latency budget, bands (see README.md here).
+"""Stage 4, risk: behavioural features against per-edge baselines, an ONNX surprise model under a latency budget,
+bands (see README.md here).
 
 `authz_server.decision` imports `risk.outcome`, so this package's own import stays light: the model, the
 state and onnxruntime load on first use of the names below, not when the request path's modules do.
@@ -14,6 +15,7 @@ from authz_server.risk.config import RiskConfig
 from authz_server.risk.outcome import RISK_DISABLED, RiskAction, RiskFactor, RiskOutcome, RiskStatus
 
 if TYPE_CHECKING:
+    from authz_server.risk.baseline import Baseline
     from authz_server.risk.features import FEATURE_NAMES, FEATURE_SCHEMA, FEATURES, BehaviourState
     from authz_server.risk.model import AnomalyModel, ModelError
     from authz_server.risk.model_source import RiskLoadError, RiskSource
@@ -24,6 +26,7 @@ _LAZY = {
     "FEATURE_NAMES": "authz_server.risk.features",
     "FEATURE_SCHEMA": "authz_server.risk.features",
     "BehaviourState": "authz_server.risk.features",
+    "Baseline": "authz_server.risk.baseline",
     "AnomalyModel": "authz_server.risk.model",
     "ModelError": "authz_server.risk.model",
     "RiskCounters": "authz_server.risk.scorer",
@@ -56,6 +59,7 @@ __all__ = [
     "LOW",
     "RISK_DISABLED",
     "AnomalyModel",
+    "Baseline",
     "BehaviourState",
     "ModelError",
     "RiskAction",

@@ -22,22 +22,19 @@ class RiskConfig:
     shadow: bool = False
     """Compute, log and annotate scores everywhere but never enforce them (canarying a new model)."""
     warmup_s: float = 600.0
-    """After start, scores are in shadow this long while the behavioural baseline fills (every edge is new then)."""
+    """From the first call, scores are in shadow this long while the online state fills (with the bundled model every
+    edge is new then)."""
     top_factors: int = 3
     """How many factors x-authz-risk-factors names, largest first."""
     window_s: float = 60.0
-    """The short window of the behavioural features: recent distinct paths, recent denies, the short call rate."""
-    baseline_s: float = 86400.0
-    """How fast a caller's baseline fades: its peak call rate and distinct-path count, which `rate_vs_baseline`
-    and `distinct_paths` compare with, decay with this time constant (a day: a nightly job's burst is its norm)."""
+    """The short window of `ids_short` (distinct ids on an edge's template in the last one to two windows)."""
     max_identities: int = 50000
-    """Callers whose behaviour is remembered; the least recently seen is forgotten first."""
+    """Callers (their subnets) and certificates (their source addresses) remembered; least recently seen first out."""
     identity_ttl_s: float = 86400.0
-    """A caller not seen for this long is forgotten (a day, so nightly jobs keep their baseline)."""
+    """An edge idle this long starts afresh: its recent activity and what it learned online (a day, so a nightly
+    job's edge keeps what it learned last night)."""
     max_edges: int = 100000
-    """Caller -> callee edges remembered (call counts, hours of day, routes)."""
-    max_routes: int = 50000
-    """Callee routes remembered (methods, request sizes)."""
+    """Caller -> callee edges remembered (recent activity and what was learned online: templates, methods, hours)."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -57,12 +54,10 @@ class RiskConfig:
             problems.append(f"warmup_s: must be >= 0, got {self.warmup_s}")
         if not 0 <= self.top_factors <= 12:
             problems.append(f"top_factors: must be within 0..12, got {self.top_factors}")
-        for key in ("window_s", "baseline_s", "identity_ttl_s"):
+        for key in ("window_s", "identity_ttl_s"):
             if getattr(self, key) <= 0:
                 problems.append(f"{key}: must be > 0, got {getattr(self, key)}")
-        if self.baseline_s <= self.window_s:
-            problems.append(f"baseline_s: must be longer than window_s ({self.window_s}), got {self.baseline_s}")
-        for key in ("max_identities", "max_edges", "max_routes"):
+        for key in ("max_identities", "max_edges"):
             if getattr(self, key) < 1:
                 problems.append(f"{key}: must be >= 1, got {getattr(self, key)}")
         return problems

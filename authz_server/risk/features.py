@@ -1,150 +1,342 @@
-"""Behavioural features: each call and its caller's recent behaviour as a fixed-order vector.
+"""Behavioural features (schema v2): each call, against its edge's baseline and recent activity, as named numbers.
 
-The vector follows a versioned schema (`FEATURE_SCHEMA`): every model records the
-schema and names it was trained on and is refused when they differ from these.
-Each feature has a name a person can read in `x-authz-risk-factors` and a
-description (README.md here has the table). Values are clipped to documented
-ranges so one absurd input cannot dominate the model's error.
+Every feature is a non-negative number where larger means "less like this edge's normal"; the model turns each
+one into a surprise against that feature's own benign distribution (model.py). The vector follows a versioned
+schema (`FEATURE_SCHEMA`): a model records the schema and names it was trained on and is refused when they differ.
 
-State lives in bounded least-recently-used maps (callers, edges and routes not
-seen for longest are forgotten first) and every call costs O(1) amortised. `features`
-only reads what earlier calls left; `observe`, fed the final decision, updates it.
-Edges, routes and peer groups learn from calls that went through only, so a caller
-cannot make a forbidden edge look familiar by knocking on it.
+Where the numbers come from (README.md here has the table):
+- the **baseline** (baseline.py): per-edge tables learned offline from the site's decision log and shipped inside
+  the model artifact, so every replica scores a call the same way. Empty in the bundled model.
+- **recent activity** (`BehaviourState`): calls per minute on the edge, distinct ids in a short and a long window,
+  the current sequential-id walk, the source addresses of each certificate. It counts every call policy let
+  through and falls when the activity stops, so it cannot lock a caller out after an attack ends.
+- **learned normal** (also `BehaviourState`): templates, methods, hours, sizes, subnets added online. Only calls
+  that went through with low risk teach it (`Learning`), so an attack cannot teach itself in.
+
+Everything kept from untrusted input is bounded in bytes: paths are folded by `authz_server.routes.fold` and the
+template kept as a `bounded` key, ids become 32-bit hashes in fixed-size bitmaps, every map has a count limit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
-import re
 import threading
+import zlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
+from enum import IntFlag
 from functools import lru_cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from authz_server.call import Call
-from authz_server.identity.result import Identity
 from authz_server.risk.config import RiskConfig
+from authz_server.routes import fold
 
-FEATURE_SCHEMA = "v1"
+if TYPE_CHECKING:
+    from authz_server.call import Call
+    from authz_server.identity.result import Identity
+    from authz_server.risk.baseline import Baseline, EdgeBaseline, TemplateBaseline
+
+FEATURE_SCHEMA = "v2"
 
 
 @dataclass(frozen=True, slots=True)
 class Feature:
     name: str
     description: str
-    low: float
     high: float
+    """Values are clipped to 0..high."""
+    tail_unit: float
+    """Beyond the largest benign value seen in training, each `tail_unit` more adds one decade of surprise."""
+    legitimate_change: bool = False
+    """Can move for a legitimate change (a new dependency, a deploy's new routes, a long-running batch):
+    its surprise is capped below the deny band, so on its own it annotates and never denies."""
 
 
 FEATURES: tuple[Feature, ...] = (
-    Feature("new_edge", "1 / (1 + earlier calls from this caller to this callee): 1 = never called it", 0.0, 1.0),
-    Feature("route_rarity", "log2(edge calls / calls of this route on the edge): bits of surprise", 0.0, 16.0),
     Feature(
-        "rate_vs_baseline", "log2(call rate over the window / the caller's peak rate, fading over a day)", -6.0, 8.0
-    ),
-    Feature(
-        "distinct_paths",
-        "log2(distinct paths the caller touched in the window / its peak number, fading over a day): enumeration",
-        -6.0,
-        9.0,
-    ),
-    Feature("recent_denies", "log(1 + the caller's denied calls, decaying over the window): deny streak", 0.0, 7.0),
-    Feature("hour_unusual", "log2(the edge's calls per hour of day / its calls in this hour (UTC))", 0.0, 16.0),
-    Feature("method_unusual", "log2(calls of the route / calls with this method)", 0.0, 16.0),
-    Feature("size_vs_norm", "z-score of log(request size) against the route's running norm", -6.0, 12.0),
-    Feature("svid_remaining", "share of the caller's SVID lifetime still left (1 when unknown)", 0.0, 1.0),
-    Feature("svid_lifetime", "log2(1 + total SVID lifetime in hours) (0 when unknown)", 0.0, 16.0),
-    Feature(
-        "peer_group_outlier",
-        "new_edge / (1 + other callers in the caller's namespace calling this callee): new to it, and so are its peers",
-        0.0,
+        "edge_novelty",
+        "256 / (256 + low-risk calls seen online) for an edge the baseline does not know; 0 for a known edge",
         1.0,
+        0.25,
+        True,
+    ),
+    Feature(
+        "route_unusual",
+        "log2((edge calls a day + 1) / (calls a day of this template on the edge + 1)): bits of "
+        "surprise at this template",
+        24.0,
+        2.0,
+        True,
+    ),
+    Feature(
+        "method_unusual", "log2((template calls a day + 1) / (calls a day with this method on it + 1))", 24.0, 2.0, True
+    ),
+    Feature(
+        "hour_unusual",
+        "log2(the edge's average calls per hour / its calls in this UTC hour of day, smoothed "
+        "over the neighbouring hours); 0 until the edge has 48 calls",
+        16.0,
+        2.0,
+        True,
+    ),
+    Feature(
+        "rate_burst",
+        "log2((calls on the edge in the last minute + 1) / (the most the edge did in one minute at "
+        "this hour of day +-1 h, or at any hour when it never works then, + 1))",
+        16.0,
+        1.0,
+    ),
+    Feature(
+        "ids_short",
+        "log2((distinct ids on the edge's template in the last 1-2 minutes + 1) / (the baseline's most + 1))",
+        16.0,
+        1.0,
+    ),
+    Feature(
+        "ids_long",
+        "log2((distinct ids on the edge's template in the last 1-2 hours + 1) / (the baseline's most + 1))",
+        16.0,
+        1.0,
+        True,
+    ),
+    Feature(
+        "id_walk",
+        "log2((length of the walk this id continues + 1) / (the baseline's longest + 1)); a walk: numeric ids one "
+        "stride (1-8) apart, again and again",
+        16.0,
+        1.0,
+    ),
+    Feature(
+        "size_unusual",
+        "log2((request size + 1) / (the largest usual size of this method on this template + "
+        "1)); size from content-length, else Envoy's http.size when > 0",
+        24.0,
+        1.0,
+    ),
+    Feature(
+        "source_new",
+        "the source address's subnet for this SPIFFE ID: 0 known /24 (IPv6 /64), 1 new /24 in a "
+        "known /16 (/48), 2 new /16",
+        2.0,
+        0.5,
+        True,  # pods rescheduled onto a new node: annotated, learned, never denied on this alone
+    ),
+    Feature(
+        "serial_multi_source", "other source addresses this certificate was seen from in the last 10 minutes", 3.0, 0.5
+    ),
+    Feature(
+        "svid_age", "share of the SVID's lifetime elapsed (0 when unknown): the same for 1 h and 24 h SVIDs", 2.0, 0.1
     ),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 N_FEATURES = len(FEATURES)
-_LOW = tuple(f.low for f in FEATURES)
 _HIGH = tuple(f.high for f in FEATURES)
+NOVELTY = frozenset(FEATURE_NAMES[i] for i in (0, 1, 2, 3, 9))
+"""The novelty features: edge, route, method, hour (rarity ratios, so a few calls stay rare) and the source subnet.
+A call whose only alarms are these still teaches the online state what is new (`Learning.NOVELTY`): a deploy's
+routes and a new node's subnet become known, while a copied certificate (`serial_multi_source`) or any other
+behaviour alarm teaches nothing."""
 
-_MAX_RECENT_PATHS = 512
-"""Distinct paths remembered per caller within the window (the feature saturates here)."""
-_MAX_ROUTES_PER_EDGE = 256
-_MAX_METHODS_PER_ROUTE = 16
-_MAX_GROUPS_PER_CALLEE = 256
-_MAX_CALLERS_PER_GROUP = 64
-_SIZE_ALPHA = 0.02
-_SIZE_VAR_FLOOR = 0.25
-"""Variance floor in log-size units, so a route that always sees one size does not flag a byte more."""
-_SIZE_MIN_SAMPLES = 5
-_SIZE_OUTLIER_Z2 = 16.0
-"""A size more than 4 standard deviations from the route's norm does not move the norm."""
-
-_ID_SEGMENT = re.compile(
-    r"^(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{16,}|"
-    r"[A-Za-z0-9_-]{22,})$"
-)
+CLOCK_SKEW_S = 5.0
+"""Behaviour reads Envoy's `request.time` (when the request arrived, not when this server got round to it), bounded
+to within this many seconds of the server's clock so that a CheckRequest cannot pick its own time: Envoy's lag
+to this server is milliseconds, NTP keeps node clocks well within a second. Identity and policy validity read
+the server's clock alone (authorizer.py)."""
 
 
-@lru_cache(maxsize=8192)
-def route_template(path: str) -> str:
-    """`/orders/1234/items` -> `/orders/{id}/items`: identifiers do not make a route rare."""
-    if not any(c.isdigit() for c in path):
-        return path
-    return "/".join("{id}" if _ID_SEGMENT.match(s) else s for s in path.split("/"))
+def behaviour_time(request_time: float, now: float) -> float:
+    """The time behaviour is scored at: Envoy's request time, bounded to within `CLOCK_SKEW_S` of `now`."""
+    if request_time < now - CLOCK_SKEW_S:
+        return now - CLOCK_SKEW_S
+    if request_time > now + CLOCK_SKEW_S:
+        return now + CLOCK_SKEW_S
+    return request_time
 
 
-@lru_cache(maxsize=8192)
-def peer_group(spiffe_path: str) -> str:
-    """The caller's peer group: its Kubernetes namespace (`/ns/<ns>/sa/<sa>`), else its path's parent."""
-    parts = spiffe_path.strip("/").split("/")
-    if len(parts) >= 2 and parts[0] == "ns":
-        return "ns/" + parts[1]
-    return "/".join(parts[:-1])
+MAX_KEY = 128
+"""Longest string the state or a baseline keeps from a request (template, callee, caller)."""
+MAX_METHOD = 16
 
 
-class _Caller:
-    __slots__ = (
-        "denies",
-        "denies_at",
-        "distinct_norm",
-        "first_seen",
-        "last_seen",
-        "rate_peak",
-        "rate_short",
-        "recent",
+def bounded(text: str, limit: int = MAX_KEY) -> str:
+    """`text` itself when short; else its head, `#` and a 64-bit digest of the whole: bounded, still distinct.
+
+    `#` never occurs in a path the server matched (the fragment is cut off in call.py), so it marks the cut."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{text[: limit - 17]}#{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What the features read of one call, every string bounded; built from a live call or a decision-log line."""
+
+    ts: float
+    caller: str
+    callee: str
+    template: str
+    last_id: str
+    """The last identifier folded out of the path ('' when none): the instance the call touches."""
+    method: str
+    size: int
+    """Request body bytes: content-length, else Envoy's http.size when > 0, else -1 (unknown)."""
+    address: str
+    certificate: str
+    """The leaf certificate's serial (else its fingerprint); '' when the caller presented none."""
+    issued_at: float | None
+    expires_at: float | None
+
+
+def request_size(content_length: str | None, envoy_size: int) -> int:
+    """content-length when it is a number (Envoy reports http.size 0 unless it buffers the body), else http.size
+    when positive, else -1."""
+    if content_length is not None and 0 < len(content_length) <= 19 and content_length.isdigit():
+        return int(content_length)
+    return envoy_size if envoy_size > 0 else -1
+
+
+def template_and_id(path: str) -> tuple[str, str]:
+    """The path's bounded route template and its last identifier (see authz_server.routes)."""
+    template, ids = fold(path)
+    return bounded(template), ids[-1] if ids else ""
+
+
+def facts_from_call(call: Call, identity: Identity, route_path: str, now: float) -> CallFacts:
+    template, last_id = template_and_id(route_path)
+    return CallFacts(
+        behaviour_time(call.received_at, now),
+        bounded(identity.spiffe_id),
+        bounded(call.destination_principal or call.host),
+        template,
+        last_id,
+        call.method[:MAX_METHOD],
+        request_size(call.headers.get("content-length"), call.size),
+        call.source.address[:64],
+        identity.serial or identity.fingerprint or "",
+        identity.issued_at,
+        identity.expires_at,
     )
 
-    def __init__(self, ts: float) -> None:
-        self.first_seen = ts
-        self.last_seen = ts
-        self.rate_short = 0.0
-        self.rate_peak = 0.0
-        self.denies = 0.0
-        self.denies_at = ts
-        self.distinct_norm = 0.0
-        self.recent: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+class Learning(IntFlag):
+    """What one call may teach the online state besides recent activity (which every call let through feeds)."""
+
+    NOTHING = 0
+    NOVELTY = 1
+    """Templates, methods, hours, the edge itself, the caller's subnet: no behaviour feature (rate, ids, walk, size,
+    serial, SVID age) alarmed. A novelty alarm alone does not stop it: route, method and hour are rarity ratios, so a
+    deploy that moves every route to /v2/ becomes common within the hour while a handful of probes stays rare; and
+    a subnet that never alarmed on anything else is a new node, which would otherwise alarm forever."""
+    EVERYTHING = 3
+    """Also sizes and the rate peak of an edge with no baseline: no feature alarmed at all."""
+
+
+def learning_for(alarmed: frozenset[str]) -> Learning:
+    """What a call that went through may teach, given the features that alarmed on it (serving and training both)."""
+    if not alarmed:
+        return Learning.EVERYTHING
+    return Learning.NOVELTY if alarmed <= NOVELTY else Learning.NOTHING
+
+
+@lru_cache(maxsize=4096)
+def subnets(address: str) -> tuple[str, str]:
+    """(/24, /16) for IPv4, (/64, /48) for IPv6; ('', '') when the address is not an IP."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "", ""
+    if ip.version == 4:
+        return str(ipaddress.ip_network(f"{ip}/24", strict=False)), str(ipaddress.ip_network(f"{ip}/16", strict=False))
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)), str(ipaddress.ip_network(f"{ip}/48", strict=False))
+
+
+_DIGITS_MAX = 15
+_WALK_STEP = 8
+"""Ids at most this far apart continue a walk: enumeration by +1 (or by a small stride, or skipping gaps)."""
+_WALK_HEADS = 4
+_WALK_IDLE_S = 3600.0
+"""A walk not extended for this long is over: low-and-slow enumeration at one id a minute keeps its walk."""
+_SHORT_BITS = 512
+_LONG_BITS = 1024
+"""Distinct ids are counted by linear counting over bitmaps of this many bits (64 and 128 bytes, two of each per
+template with ids): within a few percent up to about half the bit count, still rising (with more error) to several
+times it; a template busier than that sees the same saturation in its baseline, so the ratio stays meaningful."""
+_LONG_WINDOW_S = 3600.0
+_HOUR_DECAY_S = 3600.0
+_MAX_TEMPLATES = 32
+"""Templates remembered per edge (a deploy adds a few; probing more than this saturates `route_unusual`)."""
+_MAX_METHODS = 8
+_MAX_SUBNETS = 16
+_MAX_CERT_ADDRESSES = 4
+_CERT_WINDOW_S = 600.0
+_EDGE_NEW_SCALE = 256.0
+_HOURS_KNOWN = 48
+_MIN_CALLS_FOR_PEAK = 60
+"""An edge without a baseline compares its minute rate with the peak it learned online after this many calls."""
+
+
+def _distinct(bits: int, width: int) -> float:
+    """Linear counting: distinct items hashed into a bitmap of `width` bits, from the share of bits still zero."""
+    zero = width - bits.bit_count()
+    if zero <= 0:
+        return width * math.log(width)
+    return width * math.log(width / zero)
+
+
+def _numeric(identifier: str) -> int | None:
+    """The id as a number when it is one (or ends in one, like `SKU-01234`), for walks; else None."""
+    end = len(identifier)
+    start = end
+    while start > 0 and identifier[start - 1].isdigit():
+        start -= 1
+    if start == end or end - start > _DIGITS_MAX:
+        return None
+    return int(identifier[start:end])
+
+
+class _Template:
+    __slots__ = (
+        "long_bits",
+        "long_bucket",
+        "long_prev",
+        "methods",
+        "rate",
+        "rate_at",
+        "short_bits",
+        "short_bucket",
+        "short_prev",
+        "walks",
+    )
+
+    def __init__(self) -> None:
+        self.rate = 0.0
+        self.rate_at = 0.0
+        self.methods: dict[str, list[float]] = {}
+        """method -> [decayed calls, at, largest size learned online or -1]."""
+        self.short_bucket = self.long_bucket = -1
+        self.short_bits = self.short_prev = self.long_bits = self.long_prev = 0
+        self.walks: list[list[float]] = []
+        """[last numeric id, run length, last seen, stride] per walk in progress, at most _WALK_HEADS."""
 
 
 class _Edge:
-    __slots__ = ("calls", "hours", "routes")
+    __slots__ = ("hours", "learned", "minute", "minute_count", "minute_prev", "peak", "rate", "rate_at", "templates")
 
     def __init__(self) -> None:
-        self.calls = 0
-        self.hours = [0] * 24
-        self.routes: dict[str, int] = {}
-
-
-class _Route:
-    __slots__ = ("calls", "methods", "size_mean", "size_n", "size_var")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.methods: dict[str, int] = {}
-        self.size_n = 0
-        self.size_mean = 0.0
-        self.size_var = 0.0
+        self.learned = 0
+        self.rate = 0.0
+        self.rate_at = 0.0
+        self.minute = -1
+        self.minute_count = 0
+        self.minute_prev = 0
+        self.peak = 0.0
+        self.hours = array("I", bytes(96))
+        """Calls learned per UTC hour of day: 24 unsigned ints, 96 bytes (a list of ints costs ~3x that)."""
+        self.templates: dict[str, _Template] = {}
 
 
 _K = TypeVar("_K")
@@ -152,10 +344,7 @@ _V = TypeVar("_V")
 
 
 def _recall(memory: OrderedDict[_K, _V], key: _K) -> _V | None:
-    """A least-recently-used lookup: a hit becomes the most recently used entry.
-
-    An OrderedDict does this in two C calls; cachetools.LRUCache took ~1 µs a lookup in Python, four
-    lookups a call on the decision path and as many in `observe`."""
+    """A least-recently-used lookup: a hit becomes the most recently used entry (two C calls)."""
     value = memory.get(key)
     if value is not None:
         memory.move_to_end(key)
@@ -163,222 +352,349 @@ def _recall(memory: OrderedDict[_K, _V], key: _K) -> _V | None:
 
 
 def _remember(memory: OrderedDict[_K, _V], key: _K, value: _V, limit: int) -> _V:
-    """Store a new entry as the most recently used, forgetting the least recently used beyond `limit`."""
     memory[key] = value
-    memory.move_to_end(key)
     if len(memory) > limit:
         memory.popitem(last=False)
     return value
 
 
-def _clip(values: list[float]) -> list[float]:
-    return [lo if v < lo else hi if v > hi else v for v, lo, hi in zip(values, _LOW, _HIGH, strict=True)]
+def _decayed(value: float, at: float, ts: float) -> float:
+    return value * math.exp(-(ts - at) / _HOUR_DECAY_S) if ts > at else value
+
+
+def _ratio_bits(numerator: float, denominator: float) -> float:
+    value = math.log2((numerator + 1.0) / (denominator + 1.0))
+    return value if value > 0.0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """Recent activity around one call, before the baseline compares it (training builds baselines from these)."""
+
+    calls_minute: float
+    """Calls on the edge in the last minute, this one included."""
+    ids_short: float
+    ids_long: float
+    walk: int
+
+
+_QUIET = Activity(1.0, 0.0, 0.0, 0)
 
 
 class BehaviourState:
-    """Per-identity, per-edge and per-route memory shared by every model generation of one process.
+    """Recent activity and learned normal per edge, caller and certificate, shared by every model generation.
 
-    One lock guards the maps (a lookup reorders them); it is held for a handful of
-    dictionary operations per call, never across the model.
+    One lock guards the maps; it is held for a handful of dictionary operations per call, never across the model.
     """
 
     def __init__(self, config: RiskConfig) -> None:
         self.window_s = config.window_s
-        self.baseline_s = config.baseline_s
-        self._rise_s = config.baseline_s / 24
         self._lock = threading.Lock()
-        # Callers expire lazily (a caller idle for identity_ttl_s starts afresh when it returns): a TTL map
-        # costs a clock read and a scan per lookup, and the LRU bound caps memory either way.
-        self._identity_ttl_s = config.identity_ttl_s
         self._max_identities = config.max_identities
         self._max_edges = config.max_edges
-        self._max_routes = config.max_routes
-        self._callers: OrderedDict[str, _Caller] = OrderedDict()
+        # Checked lazily when an edge is looked up (a TTL map would cost a clock read and a scan per call); the
+        # LRU bound caps memory either way.
+        self._idle_minutes = config.identity_ttl_s / 60
+        self._started: float | None = None
         self._edges: OrderedDict[tuple[str, str], _Edge] = OrderedDict()
-        self._routes: OrderedDict[tuple[str, str], _Route] = OrderedDict()
-        self._peers: OrderedDict[str, dict[str, dict[str, None]]] = OrderedDict()
+        self._subnets: OrderedDict[str, dict[str, None]] = OrderedDict()
+        self._certificates: OrderedDict[str, dict[str, float]] = OrderedDict()
+
+    def started_at(self, now: float) -> float:
+        """When this state started learning: the first time it was asked (the warm-up shadow counts from it, on
+        the clock the stage is given, so a simulated day and a real one mean the same)."""
+        if self._started is None:
+            self._started = now
+        return self._started
 
     def __len__(self) -> int:
-        """Callers currently remembered (an idle one counts until the LRU bound evicts it)."""
+        """Callers whose subnets are remembered."""
         with self._lock:
-            return len(self._callers)
+            return len(self._subnets)
 
     def sizes(self) -> dict[str, int]:
         with self._lock:
-            return {"identities": len(self._callers), "edges": len(self._edges), "routes": len(self._routes)}
+            return {
+                "identities": len(self._subnets),
+                "edges": len(self._edges),
+                "templates": sum(len(e.templates) for e in self._edges.values()),
+                "certificates": len(self._certificates),
+            }
 
-    def _prune(self, caller: _Caller, ts: float) -> None:
-        recent = caller.recent
-        horizon = ts - self.window_s
-        while recent:
-            first = next(iter(recent.values()))
-            if first >= horizon:
-                break
-            recent.popitem(last=False)
+    # --- reading --------------------------------------------------------------------------------------------
 
-    def features(self, call: Call, identity: Identity, route_path: str, now: float) -> list[float]:
-        """The call's feature vector in schema order, from what earlier calls taught (nothing is learned here;
-        only recent paths older than the window are dropped)."""
-        ts = call.received_at
-        callee = call.destination_principal or call.host
-        template = route_template(route_path)
-        group = peer_group(identity.path)
-        caller_id = identity.spiffe_id
-        window, baseline = self.window_s, self.baseline_s
-        distinct, distinct_norm, span, short, peak, denies = 1, 1.0, 0.0, 0.0, 0.0, 0.0
-        with self._lock:
-            caller = _recall(self._callers, caller_id)
-            if caller is not None and ts - caller.last_seen > self._identity_ttl_s:
-                caller = None
-            edge = _recall(self._edges, (caller_id, callee))
-            route = _recall(self._routes, (callee, template))
-            groups = _recall(self._peers, callee)
-            if caller is not None:
-                self._prune(caller, ts)
-                distinct = len(caller.recent) + ((callee, route_path) not in caller.recent)
-                span = ts - caller.first_seen
-                elapsed = max(0.0, ts - caller.last_seen)
-                fading = math.exp(-elapsed / baseline)
-                distinct_norm = caller.distinct_norm * fading
-                short = caller.rate_short * math.exp(-elapsed / window) + 1.0 / window
-                peak = caller.rate_peak * fading
-                denies = caller.denies * math.exp(-max(0.0, ts - caller.denies_at) / window)
-            peers = groups.get(group) if groups is not None else None
-            n_peers = 0 if peers is None else len(peers) - (caller_id in peers)
-
-        if caller is not None and span > 0:
-            floor = 1.0 / window
-            rate = math.log2((_corrected(short, span, window) + floor) / (peak + floor))
+    def _activity(self, edge: _Edge | None, template: _Template | None, facts: CallFacts) -> Activity:
+        if edge is None:
+            return _QUIET
+        ts = facts.ts
+        minute = int(ts // 60)
+        if minute == edge.minute:
+            calls = edge.minute_count + edge.minute_prev * (1.0 - (ts % 60) / 60) + 1.0
+        elif minute == edge.minute + 1:
+            calls = edge.minute_count * (1.0 - (ts % 60) / 60) + 1.0
         else:
-            rate = 0.0
-        distinct_vs_norm = math.log2((distinct + 1) / (distinct_norm + 1)) if caller is not None else 0.0
-
-        if edge is not None:
-            edge_calls = edge.calls
-            route_rarity = math.log2((edge_calls + 1) / (edge.routes.get(template, 0) + 1))
-            hour = int(ts // 3600 % 24)
-            hour_unusual = math.log2((edge_calls + 24) / (24 * (edge.hours[hour] + 1)))
+            calls = 1.0
+        if template is None or not facts.last_id:
+            return Activity(calls, 0.0, 0.0, 0)
+        hashed = zlib.crc32(facts.last_id.encode())
+        bit = 1 << (hashed % _SHORT_BITS)
+        short = int(ts // self.window_s)
+        if short == template.short_bucket:
+            bits = template.short_bits | template.short_prev | bit
+        elif short == template.short_bucket + 1:
+            bits = template.short_bits | bit
         else:
-            edge_calls, route_rarity, hour_unusual = 0, 0.0, 0.0
-
-        method_unusual = size_z = 0.0
-        if route is not None:
-            method_unusual = math.log2((route.calls + 1) / (route.methods.get(call.method, 0) + 1))
-            if call.size >= 0 and route.size_n >= _SIZE_MIN_SAMPLES:
-                size_z = (math.log1p(call.size) - route.size_mean) / math.sqrt(route.size_var + _SIZE_VAR_FLOOR)
-
-        expires, issued = identity.expires_at, identity.issued_at
-        if expires is not None and issued is not None and expires > issued:
-            lifetime = expires - issued
-            remaining = (expires - ts) / lifetime
-            lifetime_h = math.log2(1.0 + lifetime / 3600.0)
+            bits = bit
+        long_bit = 1 << (hashed % _LONG_BITS)
+        hour = int(ts // _LONG_WINDOW_S)
+        if hour == template.long_bucket:
+            long_bits = template.long_bits | template.long_prev | long_bit
+        elif hour == template.long_bucket + 1:
+            long_bits = template.long_bits | long_bit
         else:
-            remaining, lifetime_h = 1.0, 0.0
-
-        return _clip(
-            [
-                1.0 / (1 + edge_calls),
-                route_rarity,
-                rate,
-                distinct_vs_norm,
-                math.log1p(denies),
-                hour_unusual,
-                method_unusual,
-                size_z,
-                remaining,
-                lifetime_h,
-                1.0 / (1 + edge_calls) / (1 + n_peers),
-            ]
+            long_bits = long_bit
+        return Activity(
+            calls, _distinct(bits, _SHORT_BITS), _distinct(long_bits, _LONG_BITS), _walk(template, facts, False)
         )
 
-    def observe(self, call: Call, identity: Identity, route_path: str, went_through: bool) -> None:
-        """Learn from one decided call: the caller's rates, paths and denies; edges and routes if it went through."""
-        ts = call.received_at
-        callee = call.destination_principal or call.host
-        caller_id = identity.spiffe_id
-        window, baseline = self.window_s, self.baseline_s
+    def activity(self, facts: CallFacts) -> Activity:
+        """Recent activity around the call (what training aggregates into a baseline)."""
         with self._lock:
-            caller = _recall(self._callers, caller_id)
-            if caller is None or ts - caller.last_seen > self._identity_ttl_s:
-                caller = _remember(self._callers, caller_id, _Caller(ts), self._max_identities)
-            elapsed = max(0.0, ts - caller.last_seen)
-            fading = math.exp(-elapsed / baseline)
-            # The baselines are peaks that rise slowly (over an hour, a caller's first hour faster) and fade over
-            # `baseline_s` (a day): a nightly job's burst stays its norm the next night, while the same burst from
-            # a caller that never bursts stands out for as long as it lasts.
-            span = ts - caller.first_seen
-            rising = -math.expm1(-elapsed / min(self._rise_s, max(span, window)))
-            caller.rate_short = caller.rate_short * math.exp(-elapsed / window) + 1.0 / window
-            caller.rate_peak = _peak(caller.rate_peak * fading, _corrected(caller.rate_short, span, window), rising)
-            caller.last_seen = max(ts, caller.last_seen)
-            self._prune(caller, ts)
-            recent = caller.recent
-            key = (callee, route_path)
-            recent[key] = ts
-            recent.move_to_end(key)
-            if len(recent) > _MAX_RECENT_PATHS:
-                recent.popitem(last=False)
-            caller.distinct_norm = _peak(caller.distinct_norm * fading, float(len(recent)), rising)
-            if not went_through:
-                caller.denies = caller.denies * math.exp(-max(0.0, ts - caller.denies_at) / window) + 1.0
-                caller.denies_at = ts
-                return
+            edge = self._edges.get((facts.caller, facts.callee))
+            template = edge.templates.get(facts.template) if edge is not None else None
+            return self._activity(edge, template, facts)
 
-            template = route_template(route_path)
-            edge = _recall(self._edges, (caller_id, callee))
-            if edge is None:
-                edge = _remember(self._edges, (caller_id, callee), _Edge(), self._max_edges)
-            edge.calls += 1
+    def features(self, facts: CallFacts, baseline: Baseline) -> list[float]:
+        """The call's feature vector in schema order; reads only (nothing is learned here)."""
+        ts = facts.ts
+        key = (facts.caller, facts.callee)
+        with self._lock:
+            edge = _recall(self._edges, key)
+            if edge is not None and ts // 60 - edge.minute > self._idle_minutes:
+                edge = None
+            template = edge.templates.get(facts.template) if edge is not None else None
+            activity = self._activity(edge, template, facts)
+            known_subnets = self._subnets.get(facts.caller)
+            has_subnet = known_subnets is not None and _has_subnet(known_subnets, facts.address)
+            seen_from = self._certificates.get(facts.certificate) if facts.certificate else None
+            others = 0
+            if seen_from:
+                horizon = ts - _CERT_WINDOW_S
+                others = sum(1 for address, at in seen_from.items() if at >= horizon and address != facts.address)
+            online_edge = _decayed(edge.rate, edge.rate_at, ts) if edge is not None else 0.0
+            online_template = _decayed(template.rate, template.rate_at, ts) if template is not None else 0.0
+            method = template.methods.get(facts.method) if template is not None else None
+            online_method = _decayed(method[0], method[1], ts) if method is not None else 0.0
+            online_size = int(method[2]) if method is not None else -1
+            learned = edge.learned if edge is not None else 0
+            online_peak = edge.peak if edge is not None and learned >= _MIN_CALLS_FOR_PEAK else -1.0
             hour = int(ts // 3600 % 24)
-            edge.hours[hour] += 1
-            routes = edge.routes
-            if template in routes:
-                routes[template] += 1
-            elif len(routes) < _MAX_ROUTES_PER_EDGE:
-                routes[template] = 1
+            later = (hour + 1) % 24
+            if edge is not None:  # every learned call adds one to its hour: `learned` is their total
+                hours = edge.hours
+                at_hour, around = hours[hour], hours[hour - 1] + hours[later]
+            else:
+                at_hour = around = 0
 
-            route = _recall(self._routes, (callee, template))
-            if route is None:
-                route = _remember(self._routes, (callee, template), _Route(), self._max_routes)
-            route.calls += 1
-            methods = route.methods
-            if call.method in methods:
-                methods[call.method] += 1
-            elif len(methods) < _MAX_METHODS_PER_ROUTE:
-                methods[call.method] = 1
-            if call.size >= 0:
-                _learn_size(route, math.log1p(call.size))
+        known = baseline.edge(facts.caller, facts.callee)
+        known_template = known.templates.get(facts.template) if known is not None else None
+        known_method = known_template.methods.get(facts.method) if known_template is not None else None
+        per_day = baseline.per_day
 
-            groups = _recall(self._peers, callee)
-            if groups is None:
-                groups = _remember(self._peers, callee, {}, self._max_edges)
-            group = peer_group(identity.path)
-            members = groups.get(group)
-            if members is None and len(groups) < _MAX_GROUPS_PER_CALLEE:
-                members = groups[group] = {}
-            if members is not None and caller_id not in members and len(members) < _MAX_CALLERS_PER_GROUP:
-                members[caller_id] = None
+        edge_novelty = 0.0 if known is not None else _EDGE_NEW_SCALE / (_EDGE_NEW_SCALE + learned)
+        # Online counts decay over an hour, so they read as calls in the last hour: x24 for calls a day.
+        edge_day = (known.calls * per_day if known is not None else 0.0) + 24.0 * online_edge
+        template_day = (known_template.calls * per_day if known_template is not None else 0.0) + 24.0 * online_template
+        method_day = (known_method.calls * per_day if known_method is not None else 0.0) + 24.0 * online_method
+        route_unusual = _ratio_bits(edge_day, template_day) if edge_day > 0 else 0.0
+        method_unusual = _ratio_bits(template_day, method_day) if template_day > 0 else 0.0
+
+        total = learned
+        if known is not None:
+            total += known.calls
+            at_hour += known.hours[hour]
+            around += known.hours[hour - 1] + known.hours[later]
+        hour_unusual = _ratio_bits(2 * total / 24, at_hour + around / 2) if total >= _HOURS_KNOWN else 0.0
+
+        if known is not None:
+            peak = known.minute_max
+            busiest = float(max(peak[hour - 1], peak[hour], peak[later])) or known.busiest_minute
+        else:
+            busiest = online_peak
+        rate_burst = _ratio_bits(activity.calls_minute, busiest) if busiest >= 0 else 0.0
+
+        # Ids against the template's baseline; a template new since training against its edge's others; an edge
+        # new since training is neutral here (it is novel: `edge_novelty` speaks); with no baseline at all (the
+        # bundled model) the counts themselves, which its calibration saw across many sites.
+        ids_usual: TemplateBaseline | EdgeBaseline | None = known_template or known
+        if ids_usual is not None:
+            ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short)
+            ids_long = _ratio_bits(activity.ids_long, ids_usual.ids_long)
+            id_walk = _ratio_bits(activity.walk, ids_usual.walk)
+        elif baseline.edges:
+            ids_short = ids_long = id_walk = 0.0
+        else:
+            ids_short = _ratio_bits(activity.ids_short, 0.0)
+            ids_long = _ratio_bits(activity.ids_long, 0.0)
+            id_walk = _ratio_bits(activity.walk, 0.0)
+
+        size_unusual = 0.0
+        if facts.size >= 0:
+            usual = known_method.size if known_method is not None else -1
+            if usual < 0:
+                usual = online_size
+            if usual >= 0:
+                size_unusual = _ratio_bits(facts.size, usual)
+
+        source_new = 0.0
+        if not has_subnet:
+            source_new = _subnet_novelty(baseline.subnets(facts.caller), known_subnets, facts.address)
+
+        svid_age = 0.0
+        issued, expires = facts.issued_at, facts.expires_at
+        if issued is not None and expires is not None and expires > issued:
+            svid_age = max(0.0, (ts - issued) / (expires - issued))
+
+        values = (
+            edge_novelty, route_unusual, method_unusual, hour_unusual, rate_burst, ids_short, ids_long, id_walk,
+            size_unusual, source_new, float(others), svid_age,
+        )  # fmt: skip
+        return [v if v < hi else hi for v, hi in zip(values, _HIGH, strict=True)]
+
+    # --- writing --------------------------------------------------------------------------------------------
+
+    def observe(self, facts: CallFacts, learning: Learning) -> None:
+        """Count a call policy let through as recent activity; learn from it what `learning` allows."""
+        ts = facts.ts
+        key = (facts.caller, facts.callee)
+        with self._lock:
+            edge = _recall(self._edges, key)
+            if edge is None or ts // 60 - edge.minute > self._idle_minutes:
+                edge = _remember(self._edges, key, _Edge(), self._max_edges)
+            minute = int(ts // 60)
+            if minute > edge.minute:
+                edge.minute_prev = edge.minute_count if minute == edge.minute + 1 else 0
+                edge.minute_count = 0
+                edge.minute = minute
+            edge.minute_count += 1
+            templates = edge.templates
+            template = templates.get(facts.template)
+            if template is None and len(templates) < _MAX_TEMPLATES:
+                template = templates[facts.template] = _Template()
+            if template is not None and facts.last_id:
+                _count_id(template, facts, self.window_s)
+                _walk(template, facts, True)
+            if facts.certificate:
+                self._seen_from(facts)
+
+            if not learning & Learning.NOVELTY:
+                return
+            edge.learned += 1
+            edge.rate = _decayed(edge.rate, edge.rate_at, ts) + 1.0
+            edge.rate_at = max(ts, edge.rate_at)
+            edge.hours[int(ts // 3600 % 24)] += 1
+            method: list[float] | None = None
+            if template is not None:
+                template.rate = _decayed(template.rate, template.rate_at, ts) + 1.0
+                template.rate_at = max(ts, template.rate_at)
+                method = template.methods.get(facts.method)
+                if method is None:
+                    if len(template.methods) < _MAX_METHODS:
+                        method = template.methods[facts.method] = [1.0, ts, -1.0]
+                else:
+                    method[0] = _decayed(method[0], method[1], ts) + 1.0
+                    method[1] = max(ts, method[1])
+            self._learn_subnet(facts)
+
+            if learning is not Learning.EVERYTHING:
+                return
+            calls = edge.minute_count + edge.minute_prev * (1.0 - (ts % 60) / 60)
+            if calls > edge.peak:
+                edge.peak = calls
+            if method is not None and facts.size > method[2]:
+                method[2] = facts.size
+
+    def _seen_from(self, facts: CallFacts) -> None:
+        addresses = _recall(self._certificates, facts.certificate)
+        if addresses is None:
+            addresses = _remember(self._certificates, facts.certificate, {}, self._max_identities)
+        addresses[facts.address] = facts.ts
+        if len(addresses) > _MAX_CERT_ADDRESSES:
+            oldest = min(addresses, key=addresses.__getitem__)
+            del addresses[oldest]
+
+    def _learn_subnet(self, facts: CallFacts) -> None:
+        narrow, wide = subnets(facts.address)
+        if not narrow:
+            return
+        known = _recall(self._subnets, facts.caller)
+        if known is None:
+            known = _remember(self._subnets, facts.caller, {}, self._max_identities)
+        if narrow not in known and len(known) < _MAX_SUBNETS:
+            known[narrow] = None
+            known[wide] = None
 
 
-def _learn_size(route: _Route, size: float) -> None:
-    """Running mean and variance of log sizes: exact for the first samples, then exponentially weighted."""
-    delta = size - route.size_mean
-    if route.size_n >= _SIZE_MIN_SAMPLES and delta * delta > _SIZE_OUTLIER_Z2 * (route.size_var + _SIZE_VAR_FLOOR):
-        return  # far outside the norm: not learned from, or a burst of them would become the norm
-    route.size_n += 1
-    if route.size_n == 1:
-        route.size_mean = size
-        return
-    alpha = max(_SIZE_ALPHA, 1.0 / route.size_n)
-    route.size_mean += alpha * delta
-    route.size_var = (1 - alpha) * (route.size_var + alpha * delta * delta)
+def _has_subnet(known: dict[str, None], address: str) -> bool:
+    narrow = subnets(address)[0]
+    return not narrow or narrow in known
 
 
-def _corrected(rate: float, span: float, window: float) -> float:
-    """A moving-average rate corrected for a caller seen for less than a window (else it reads low)."""
-    return rate / -math.expm1(-span / window) if span > 0 else 1.0 / window
+def _subnet_novelty(baseline: frozenset[str], online: dict[str, None] | None, address: str) -> float:
+    """0 in a known /24 (/64), 1 in a known /16 (/48) only, 2 elsewhere; 0 for a caller with no known address yet
+    (its first address is learned, not judged)."""
+    narrow, wide = subnets(address)
+    if not narrow or (not baseline and not online):
+        return 0.0
+    if narrow in baseline or (online is not None and narrow in online):
+        return 0.0
+    if wide in baseline or (online is not None and wide in online):
+        return 1.0
+    return 2.0
 
 
-def _peak(peak: float, value: float, rising: float) -> float:
-    """A peak that follows a higher value only by the fraction `rising`, so a burst does not become its own norm."""
-    return peak + (value - peak) * rising if value > peak else peak
+def _count_id(template: _Template, facts: CallFacts, window_s: float) -> None:
+    encoded = facts.last_id.encode()
+    short = int(facts.ts // window_s)
+    if short > template.short_bucket:
+        template.short_prev = template.short_bits if short == template.short_bucket + 1 else 0
+        template.short_bits = 0
+        template.short_bucket = short
+    template.short_bits |= 1 << (zlib.crc32(encoded) % _SHORT_BITS)
+    hour = int(facts.ts // _LONG_WINDOW_S)
+    if hour > template.long_bucket:
+        template.long_prev = template.long_bits if hour == template.long_bucket + 1 else 0
+        template.long_bits = 0
+        template.long_bucket = hour
+    template.long_bits |= 1 << (zlib.crc32(encoded) % _LONG_BITS)
+
+
+def _walk(template: _Template, facts: CallFacts, learn: bool) -> int:
+    """The length of the walk this id continues (0: none); with `learn`, extend it or start one.
+
+    A walk's first step may be any stride up to _WALK_STEP, every later step must repeat it exactly (enumeration
+    goes +1, +1, ...): random ids from a small set of 100 land one stride further on about 1 call in 100, so
+    ordinary traffic makes short walks, and one id a minute for an hour makes a walk of 60. Up to _WALK_HEADS walks
+    are followed at once, the shortest replaced, so interleaved unrelated ids do not break one."""
+    number = _numeric(facts.last_id)
+    if number is None:
+        return 0
+    ts = facts.ts
+    walks = template.walks
+    for walk in walks:
+        step = number - walk[0]
+        if ts - walk[2] > _WALK_IDLE_S or step == 0:
+            continue
+        if step == walk[3] or (walk[1] == 0 and abs(step) <= _WALK_STEP):
+            run = int(walk[1]) + 1
+            if learn:
+                walk[0], walk[1], walk[2], walk[3] = number, run, ts, step
+            return run
+    if learn:
+        fresh = [float(number), 0.0, ts, 0.0]
+        if len(walks) < _WALK_HEADS:
+            walks.append(fresh)
+        else:
+            shortest = min(range(len(walks)), key=lambda i: walks[i][1] if ts - walks[i][2] <= _WALK_IDLE_S else -1)
+            walks[shortest] = fresh
+    return 0

@@ -1,11 +1,12 @@
-"""The anomaly model at serving time: an ONNX file checked against the feature schema, run by onnxruntime.
+"""The risk model at serving time: an ONNX file checked against the feature schema, run by onnxruntime.
 
-The graph takes `features` (float32, [N, 12], raw values in schema order) and
-returns `score` ([N], 0..1, calibrated) and `feature_error` ([N, 12], each
-feature's share of the reconstruction error, the explanation). What the graph
-was trained on travels in its metadata_props (keys below); a model whose schema
-or feature names differ from what this server computes is refused, as is a file
-onnxruntime cannot load or whose probe run gives no sane score.
+The graph takes `features` (float32 [N, 12], raw values in schema order) and returns `surprise` ([N, 12], each
+feature's -log10 benign tail probability from a piecewise-linear table per feature, capped below the deny band
+for features a legitimate change can move) and `score` ([N], 0..1: the largest surprise mapped through the band
+edges training calibrated). The per-edge baseline travels with it (baseline.py). What the graph was trained on is
+in its metadata_props (keys below); a model whose schema or feature names differ from what this server computes
+is refused, as is a file onnxruntime cannot load, a baseline that cannot be read, or a probe run without a sane
+score.
 """
 
 from __future__ import annotations
@@ -24,19 +25,23 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from authz_server.risk.baseline import Baseline, BaselineError
 from authz_server.risk.features import FEATURE_NAMES, FEATURE_SCHEMA, FEATURES, N_FEATURES
 
 INPUT = "features"
 OUTPUT_SCORE = "score"
-OUTPUT_ERRORS = "feature_error"
+OUTPUT_SURPRISE = "surprise"
 
 META_SCHEMA = "authz.feature_schema"
 META_NAMES = "authz.feature_names"
-META_NORMALISATION = "authz.normalisation"
 META_CALIBRATION = "authz.calibration"
+"""JSON: fpr_budget, alarm_surprise and deny_surprise (decades), the scores they map to, held-out rates."""
 META_VERSION = "authz.model_version"
 META_TRAINING = "authz.training"
-REQUIRED_METADATA = (META_SCHEMA, META_NAMES, META_NORMALISATION, META_CALIBRATION, META_VERSION, META_TRAINING)
+META_BASELINE = "authz.baseline"
+"""The per-edge baseline (baseline.py), zlib + base64 JSON."""
+META_BASELINE_DIGEST = "authz.baseline_digest"
+REQUIRED_METADATA = (META_SCHEMA, META_NAMES, META_CALIBRATION, META_VERSION, META_TRAINING, META_BASELINE)
 
 BUNDLED_MODEL = "bundled:default.onnx"
 """How the model shipped inside the package is named in logs, health and the decision log."""
@@ -74,9 +79,10 @@ class ModelCard:
     feature_names: tuple[str, ...]
     origin: str
     sha256: str
-    normalisation: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    baseline_digest: str = ""
+    baseline_edges: int = 0
 
 
 def _json_meta(meta: dict[str, str], key: str, origin: str) -> Any:
@@ -86,7 +92,7 @@ def _json_meta(meta: dict[str, str], key: str, origin: str) -> Any:
         raise ModelError(f"{origin}: metadata {key} is not JSON: {exc}") from exc
 
 
-def _read_card(session: ort.InferenceSession, origin: str, sha256: str) -> ModelCard:
+def _read_card(session: ort.InferenceSession, origin: str, sha256: str) -> tuple[ModelCard, Baseline]:
     meta: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
     missing = [key for key in REQUIRED_METADATA if key not in meta]
     if missing:
@@ -100,16 +106,26 @@ def _read_card(session: ort.InferenceSession, origin: str, sha256: str) -> Model
     names = _json_meta(meta, META_NAMES, origin)
     if not isinstance(names, list) or tuple(names) != FEATURE_NAMES:
         raise ModelError(f"{origin}: feature names {names} do not match schema {FEATURE_SCHEMA}: {list(FEATURE_NAMES)}")
-    return ModelCard(
+    try:
+        baseline = Baseline.decode(meta[META_BASELINE])
+    except BaselineError as exc:
+        raise ModelError(f"{origin}: {exc}") from exc
+    calibration = _json_meta(meta, META_CALIBRATION, origin)
+    alarm = calibration.get("alarm_surprise") if isinstance(calibration, dict) else None
+    if not isinstance(alarm, int | float) or not alarm > 0:
+        raise ModelError(f"{origin}: metadata {META_CALIBRATION} has no positive alarm_surprise")
+    card = ModelCard(
         version=meta[META_VERSION],
         feature_schema=schema,
         feature_names=FEATURE_NAMES,
         origin=origin,
         sha256=sha256,
-        normalisation=_json_meta(meta, META_NORMALISATION, origin),
-        calibration=_json_meta(meta, META_CALIBRATION, origin),
+        calibration=calibration,
         training=_json_meta(meta, META_TRAINING, origin),
+        baseline_digest=baseline.digest(),
+        baseline_edges=len(baseline.edges),
     )
+    return card, baseline
 
 
 def _check_signature(session: ort.InferenceSession, origin: str) -> None:
@@ -118,11 +134,9 @@ def _check_signature(session: ort.InferenceSession, origin: str) -> None:
         raise ModelError(f"{origin}: expected one input named {INPUT!r}, got {[i.name for i in inputs]}")
     shape = inputs[0].shape
     if inputs[0].type != "tensor(float)" or len(shape) != 2 or shape[1] != N_FEATURES:
-        raise ModelError(
-            f"{origin}: input {INPUT!r} must be float32 [N, {N_FEATURES}], got {inputs[0].type} {shape}"
-        )
+        raise ModelError(f"{origin}: input {INPUT!r} must be float32 [N, {N_FEATURES}], got {inputs[0].type} {shape}")
     outputs = {o.name for o in session.get_outputs()}
-    for name in (OUTPUT_SCORE, OUTPUT_ERRORS):
+    for name in (OUTPUT_SCORE, OUTPUT_SURPRISE):
         if name not in outputs:
             raise ModelError(f"{origin}: output {name!r} missing (outputs: {sorted(outputs)})")
 
@@ -138,26 +152,29 @@ class _RowBinding(threading.local):
     def __init__(self, session: ort.InferenceSession) -> None:
         self.row = np.zeros((1, N_FEATURES), dtype=np.float32)
         self.score = np.zeros((1,), dtype=np.float32)
-        self.errors = np.zeros((1, N_FEATURES), dtype=np.float32)
+        self.surprise = np.zeros((1, N_FEATURES), dtype=np.float32)
         self.read_score = self.score.tolist
-        self.read_errors = self.errors[0].tolist
+        self.read_surprise = self.surprise[0].tolist
         binding = session.io_binding()
         binding.bind_cpu_input(INPUT, self.row)
-        for name, array in ((OUTPUT_SCORE, self.score), (OUTPUT_ERRORS, self.errors)):
+        for name, array in ((OUTPUT_SCORE, self.score), (OUTPUT_SURPRISE, self.surprise)):
             binding.bind_output(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
         self.binding = binding
 
 
 class AnomalyModel:
-    """A loaded, checked model. `score` is safe to call from many threads (onnxruntime sessions are)."""
+    """A loaded, checked model and its baseline. `score` is safe to call from many threads (onnxruntime is)."""
 
-    def __init__(self, session: ort.InferenceSession, card: ModelCard) -> None:
+    def __init__(self, session: ort.InferenceSession, card: ModelCard, baseline: Baseline) -> None:
         self._session = session
         self._run_bound = session.run_with_iobinding
         self._bindings = _RowBinding(session)
-        self._outputs = [OUTPUT_SCORE, OUTPUT_ERRORS]
+        self._outputs = [OUTPUT_SCORE, OUTPUT_SURPRISE]
         self.card = card
+        self.baseline = baseline
         self.version = card.version
+        self.alarm_surprise = float(card.calibration["alarm_surprise"])
+        """A feature this surprising (decades) reaches the alarm band: the online state does not learn from it."""
         self.cost_s = 0.0
         """Measured p99 time of one single-row run: the stage skips the model when less budget than this is left."""
 
@@ -183,7 +200,7 @@ class AnomalyModel:
         except Exception as exc:  # onnxruntime raises its own exception types for every way a file can be bad
             raise ModelError(f"{origin}: not a loadable ONNX model: {str(exc).strip()}") from exc
         _check_signature(session, origin)
-        model = cls(session, _read_card(session, origin, hashlib.sha256(data).hexdigest()))
+        model = cls(session, *_read_card(session, origin, hashlib.sha256(data).hexdigest()))
         model._probe()
         return model
 
@@ -191,7 +208,7 @@ class AnomalyModel:
         """Run the model on typical and extreme rows: it must give one sane score per row; measure its cost."""
         origin = self.card.origin
         rows = np.array(
-            [[0.0] * N_FEATURES, [f.low for f in FEATURES], [f.high for f in FEATURES]], dtype=np.float32
+            [[0.0] * N_FEATURES, [f.high / 2 for f in FEATURES], [f.high for f in FEATURES]], dtype=np.float32
         )
         try:
             scores, errors = self._session.run(self._outputs, {INPUT: rows})
@@ -200,13 +217,13 @@ class AnomalyModel:
         scores, errors = np.asarray(scores), np.asarray(errors)
         if scores.shape != (3,) or errors.shape != (3, N_FEATURES):
             raise ModelError(
-                f"{origin}: for 3 rows expected score [3] and feature_error [3, {N_FEATURES}], "
+                f"{origin}: for 3 rows expected score [3] and surprise [3, {N_FEATURES}], "
                 f"got {list(scores.shape)} and {list(errors.shape)}"
             )
         if not (np.isfinite(scores).all() and np.isfinite(errors).all()):
             raise ModelError(f"{origin}: the model gives non-finite values on probe rows")
         if (scores < 0).any() or (scores > 1).any() or (errors < 0).any():
-            raise ModelError(f"{origin}: scores must be within 0..1 and errors >= 0, got {scores.tolist()}")
+            raise ModelError(f"{origin}: scores must be within 0..1 and surprises >= 0, got {scores.tolist()}")
         row = [0.0] * N_FEATURES
         try:  # what serving runs: one row through the bound buffers
             self.score(row)
@@ -224,14 +241,14 @@ class AnomalyModel:
         self.cost_s = timings[min(len(timings) - 1, math.ceil(len(timings) * 0.99) - 1)]
 
     def score(self, row: Sequence[float]) -> tuple[float, list[float]]:
-        """(score, per-feature errors) of one feature vector."""
+        """(score, per-feature surprise) of one feature vector."""
         bound = self._bindings
         bound.row[0] = row
         # No RunOptions: with them, run_with_iobinding looks up an unset option via a C++ exception (~40 µs).
         self._run_bound(bound.binding)
-        return bound.read_score()[0], bound.read_errors()  # plain floats: cheaper to rank than numpy scalars
+        return bound.read_score()[0], bound.read_surprise()  # plain floats: cheaper to rank than numpy scalars
 
     def score_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and per-feature errors of many rows at once (evaluation, training reports)."""
+        """Scores and per-feature surprises of many rows at once (evaluation, training reports)."""
         scores, errors = self._session.run(self._outputs, {INPUT: np.asarray(rows, dtype=np.float32)})
         return np.asarray(scores), np.asarray(errors)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 
 from authz_server.risk.config import RiskConfig
@@ -44,7 +43,6 @@ class RiskSource:
         self._config = config
         self.state = BehaviourState(config)
         self.counters = RiskCounters()
-        self._started_at = time.time()
         self._lock = threading.Lock()
         self._current: RiskScorer | None = None
         self._apply: Callable[[RiskScorer], None] | None = None
@@ -60,7 +58,7 @@ class RiskSource:
         return self._current
 
     def _scorer(self, model: AnomalyModel) -> RiskScorer:
-        return RiskScorer(model, self._config, self.state, self.counters, self._started_at)
+        return RiskScorer(model, self._config, self.state, self.counters)
 
     def load(self) -> RiskScorer:
         path = self._config.model

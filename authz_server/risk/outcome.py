@@ -24,7 +24,7 @@ class RiskAction(StrEnum):
 class RiskFactor:
     name: str
     contribution: float
-    """Share of the score this feature accounts for (0..1)."""
+    """The feature's surprise in decades: -log10 of how often benign traffic shows a value this far out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,10 @@ class RiskOutcome:
     """The feature vector that was scored, in the model's schema order (decision log, retraining, replay)."""
     feature_schema: str = ""
     """Version of the feature schema `features` follows."""
+    at: float | None = None
+    """The time behaviour was scored at (Envoy's request time bounded by the server clock): what training replays."""
+    alarmed: frozenset[str] = frozenset()
+    """Features at or past the model's alarm edge on their own: what the online state may not learn from."""
 
     @property
     def header_value(self) -> str:

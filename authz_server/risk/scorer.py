@@ -15,15 +15,22 @@ from typing import TYPE_CHECKING
 
 from authz_server.risk.bands import band_for
 from authz_server.risk.config import RiskConfig
-from authz_server.risk.features import FEATURE_NAMES, FEATURE_SCHEMA, BehaviourState
+from authz_server.risk.features import (
+    FEATURE_NAMES,
+    FEATURE_SCHEMA,
+    BehaviourState,
+    Learning,
+    facts_from_call,
+    learning_for,
+)
 from authz_server.risk.model import AnomalyModel
 from authz_server.risk.outcome import RiskAction, RiskFactor, RiskOutcome, RiskStatus
 
-if TYPE_CHECKING:  # authz_server.decision imports risk.outcome, and so this package, itself
+if TYPE_CHECKING:
     from authz_server.call import Call
-    from authz_server.decision import Decision
     from authz_server.identity.result import Identity
     from authz_server.policy.outcome import PolicyOutcome
+
 
 _clock = time.perf_counter
 
@@ -64,6 +71,7 @@ class RiskScorer:
         counters: RiskCounters | None = None,
         started_at: float | None = None,
     ) -> None:
+        """`started_at`: when the warm-up shadow starts (default: the first call the shared state sees)."""
         self.model = model
         self.state = state
         self.counters = counters or RiskCounters()
@@ -71,54 +79,59 @@ class RiskScorer:
         self._allow_below = config.allow_below
         self._default_max_risk = config.default_max_risk
         self._top = config.top_factors
-        self._shadow_until = (time.time() if started_at is None else started_at) + config.warmup_s
+        self._warmup_s = config.warmup_s
+        if started_at is not None:
+            state.started_at(started_at)
         self._version = model.version
 
     @property
     def version(self) -> str:
         return self._version
 
-    def _skipped(self, features: tuple[float, ...], shadow: bool) -> RiskOutcome:
+    def _skipped(self, features: tuple[float, ...], shadow: bool, at: float | None = None) -> RiskOutcome:
         outcome = RiskOutcome(
             RiskStatus.SKIPPED, model_version=self._version, shadow=shadow, features=features,
-            feature_schema=FEATURE_SCHEMA,
+            feature_schema=FEATURE_SCHEMA, at=at,
         )  # fmt: skip
         self.counters.count(outcome)
         return outcome
 
     def assess(self, call: Call, identity: Identity, policy: PolicyOutcome, now: float, budget_s: float) -> RiskOutcome:
         start = _clock()
-        shadow = self._config.shadow or policy.risk_shadow or now < self._shadow_until
+        shadow = self._config.shadow or policy.risk_shadow or now < self.state.started_at(now) + self._warmup_s
         if budget_s <= 0:  # the gRPC deadline has already passed
             return self._skipped((), shadow)
-        row = self.state.features(call, identity, policy.normalized_path or call.path, now)
+        facts = facts_from_call(call, identity, policy.normalized_path or call.path, now)
+        row = self.state.features(facts, self.model.baseline)
         if _clock() - start + self.model.cost_s > budget_s:
-            return self._skipped(tuple(row), shadow)
-        score, errors = self.model.score(row)
+            return self._skipped(tuple(row), shadow, facts.ts)
+        score, surprise = self.model.score(row)
         if _clock() - start > budget_s:
-            return self._skipped(tuple(row), shadow)
+            return self._skipped(tuple(row), shadow, facts.ts)
 
         max_risk = policy.max_risk if policy.max_risk is not None else self._default_max_risk
         band, action = band_for(score, self._allow_below, max_risk)
+        alarm = self.model.alarm_surprise
+        alarmed = frozenset(name for name, value in zip(FEATURE_NAMES, surprise, strict=True) if value >= alarm)
         outcome = RiskOutcome(
-            RiskStatus.SCORED, score, self._factors(errors), self._version, band, action, shadow, tuple(row),
-            FEATURE_SCHEMA,
+            RiskStatus.SCORED, score, self._factors(surprise), self._version, band, action, shadow, tuple(row),
+            FEATURE_SCHEMA, facts.ts, alarmed,
         )  # fmt: skip
         self.counters.count(outcome)
         return outcome
 
-    def _factors(self, errors: list[float]) -> tuple[RiskFactor, ...]:
-        """The features with the largest shares of the reconstruction error: what moved the score."""
-        total = sum(errors)
-        if total <= 0 or not self._top:
+    def _factors(self, surprise: list[float]) -> tuple[RiskFactor, ...]:
+        """The most surprising features, largest first: what moved the score (a feature at 0 moved nothing)."""
+        if not self._top:
             return ()
-        top = sorted(range(len(errors)), key=errors.__getitem__, reverse=True)[: self._top]
-        return tuple(RiskFactor(FEATURE_NAMES[i], errors[i] / total) for i in top)
+        top = sorted(range(len(surprise)), key=surprise.__getitem__, reverse=True)[: self._top]
+        return tuple(RiskFactor(FEATURE_NAMES[i], surprise[i]) for i in top if surprise[i] > 0)
 
-    def observe(self, call: Call, decision: Decision) -> None:
-        caller = decision.caller
-        if caller is None:
-            return
-        policy = decision.policy
-        route = (policy.normalized_path if policy is not None else None) or call.path
-        self.state.observe(call, caller, route, decision.verdict.lets_through)
+    def observe(self, call: Call, identity: Identity, policy: PolicyOutcome, risk: RiskOutcome, now: float) -> None:
+        """Count a call policy let through; learn from it only what its risk outcome allows (no feedback loop:
+        a call risk alarmed on teaches nothing, and a denial itself is never a feature)."""
+        if risk.status is not RiskStatus.SCORED or (risk.action is RiskAction.DENY and not risk.shadow):
+            learning = Learning.NOTHING
+        else:
+            learning = learning_for(risk.alarmed)
+        self.state.observe(facts_from_call(call, identity, policy.normalized_path or call.path, now), learning)

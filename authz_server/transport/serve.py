@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,10 +79,12 @@ def load_authorizer(
     sources: StageSources,
     sink: DecisionLog,
     on_replace: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Authorizer:
     """Build every stage once, then start watching their inputs for changes.
 
-    `on_replace(stage)` is told of the first load and of every replacement (stage ages in metrics).
+    `on_replace(stage)` is told of the first load and of every replacement (stage ages in metrics). `clock` is
+    the wall clock; the risk lab passes a simulated one to replay days of traffic.
     """
     runtime = Runtime(
         identity=sources.identity.load(),
@@ -89,7 +92,7 @@ def load_authorizer(
         risk=sources.risk.load() if sources.risk is not None else None,
         risk_budget_s=config.risk.budget_ms / 1000.0,
     )
-    authorizer = Authorizer(runtime, sink)
+    authorizer = Authorizer(runtime, sink, clock=clock)
 
     def swapper(stage: str) -> Callable[[Any], None]:
         def apply(new: Any) -> None:

@@ -34,14 +34,17 @@ def test_the_demo_shows_each_kind_of_decision_and_cleans_up() -> None:
     assert row("forged example.org/ns/shop/sa/checkout", "401 deny chain-invalid")
     assert row("expired example.org/ns/shop/sa/checkout", "401 deny expired")
     assert row("partner.example/ns/shop/sa/checkout", "403 deny untrusted-trust-domain")
-    # The reporting job's walk through charge ids ends up denied for risk; its first calls were allowed.
+    # A body thousands of times the usual charge is denied for risk, naming size_unusual; policy allowed it.
+    assert row("example.org/ns/shop/sa/checkout POST /v1/charges 403 deny risk")
+    # The reporting job's walk: its first calls allowed (the bundled model has no baseline of its pace yet).
     assert row("example.org/ns/finance/sa/reporting GET /v1/charges/ch_5000 [call 1 of", "200 allow")
-    assert row("example.org/ns/finance/sa/reporting GET /v1/charges/", "403 deny risk")
 
     log_path = Path(text.split("decision log: ", 1)[1].split()[0])
     decisions = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert len(decisions) >= 10 + ENUMERATION_CALLS
     assert {d["reason"] for d in decisions} >= {"allowed", "no-matching-rule", "expired", "risk"}
+    exfiltration = [d for d in decisions if d["reason"] == "risk"]
+    assert exfiltration[0]["risk"]["factors"][0]["name"] == "size_unusual"
     workdir = log_path.parent
     assert [p.name for p in workdir.iterdir()] == [log_path.name], "certificates and keys are removed"
     assert meshes[0].server is not None and meshes[0].server.process is not None

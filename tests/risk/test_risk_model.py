@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from risk_support import bundled_bytes, call, granted, identity, with_metadata, write
+from risk_support import at, bundled_bytes, granted, parsed, with_metadata, workload, write
 
 from authz_server.risk import FEATURE_NAMES, FEATURE_SCHEMA, AnomalyModel, ModelError, RiskConfig, RiskLoadError
 from authz_server.risk import source as risk_source
@@ -21,19 +21,28 @@ def test_the_bundled_model_loads_fits_the_schema_and_scores() -> None:
     assert model.card.origin == BUNDLED_MODEL
     assert model.card.feature_schema == FEATURE_SCHEMA
     assert model.card.feature_names == FEATURE_NAMES
-    assert model.version.startswith("ae-v1-")
-    assert model.card.training["rows"] > 10000  # trained on the synthetic baseline, not a placeholder
+    assert model.version.startswith("surprise-v2-")
+    assert model.card.training["rows"] > 10000  # calibrated on simulated sites, not a placeholder
+    assert model.baseline.edges == {}  # no site baseline: it learns each edge online
     assert 0 < model.cost_s < 0.05
 
-    ordinary = [0.0, 0.5, 0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.75, 1.0, 0.0]
-    odd = list(ordinary)
-    odd[FEATURE_NAMES.index("new_edge")] = 1.0
-    odd[FEATURE_NAMES.index("peer_group_outlier")] = 1.0
-    odd[FEATURE_NAMES.index("svid_lifetime")] = 9.5
-    low, errors = model.score(ordinary)
-    high, _ = model.score(odd)
-    assert len(errors) == len(FEATURE_NAMES)
+    ordinary = [0.0] * len(FEATURE_NAMES)
+    ordinary[FEATURE_NAMES.index("svid_age")] = 0.3
+    burst = list(ordinary)
+    burst[FEATURE_NAMES.index("rate_burst")] = 12.0  # 4,000 times the edge's busiest minute
+    low, surprise = model.score(ordinary)
+    high, _ = model.score(burst)
+    assert len(surprise) == len(FEATURE_NAMES)
     assert 0 <= low < 0.3 < 0.9 < high <= 1
+
+
+def test_what_a_legitimate_change_moves_never_reaches_the_deny_band_on_its_own() -> None:
+    model = AnomalyModel.load("")
+    row = [0.0] * len(FEATURE_NAMES)
+    for name in ("edge_novelty", "route_unusual", "method_unusual", "hour_unusual", "ids_long", "source_new"):
+        row[FEATURE_NAMES.index(name)] = 1e6  # as novel as a float holds
+    score, _ = model.score(row)
+    assert score <= RiskConfig().default_max_risk
 
 
 def test_the_bundled_model_is_package_data_and_small() -> None:
@@ -44,8 +53,8 @@ def test_the_bundled_model_is_package_data_and_small() -> None:
 
 def test_the_stage_scores_out_of_the_box() -> None:
     stage = risk_source(RiskConfig(warmup_s=0)).load()
-    caller = identity()
-    outcome = stage.assess(call(caller), caller, granted(), caller.issued_at or 0, 0.05)
+    call, caller = parsed(workload(), at=at(1))
+    outcome = stage.assess(call, caller, granted(), at(1), 0.05)
     assert outcome.status is RiskStatus.SCORED
     assert outcome.score is not None and 0 <= outcome.score <= 1
     assert outcome.model_version == stage.version
@@ -70,7 +79,7 @@ def test_a_corrupt_file_is_refused_with_a_clear_error(tmp_path: Path, data: byte
 
 def test_a_model_trained_on_another_feature_schema_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "model.onnx", with_metadata(bundled_bytes(), authz__feature_schema="v0"))
-    with pytest.raises(ModelError, match=r"trained on feature schema 'v0', this server computes 'v1'"):
+    with pytest.raises(ModelError, match=r"trained on feature schema 'v0', this server computes 'v2'"):
         AnomalyModel.load(path)
 
 
@@ -78,7 +87,7 @@ def test_a_model_with_other_feature_names_is_refused(tmp_path: Path) -> None:
     names = list(FEATURE_NAMES)
     names[0], names[1] = names[1], names[0]
     path = write(tmp_path / "model.onnx", with_metadata(bundled_bytes(), authz__feature_names=json.dumps(names)))
-    with pytest.raises(ModelError, match=r"feature names .* do not match schema v1"):
+    with pytest.raises(ModelError, match=r"feature names .* do not match schema v2"):
         AnomalyModel.load(path)
 
 
@@ -89,6 +98,12 @@ def test_an_onnx_file_that_is_not_a_risk_model_is_refused(tmp_path: Path) -> Non
     del model.metadata_props[:]
     path = write(tmp_path / "model.onnx", model.SerializeToString())
     with pytest.raises(ModelError, match=r"not an authz-server risk model: metadata .*authz.feature_schema"):
+        AnomalyModel.load(path)
+
+
+def test_a_model_whose_baseline_cannot_be_read_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "model.onnx", with_metadata(bundled_bytes(), authz__baseline="not base64 zlib"))
+    with pytest.raises(ModelError, match=r"baseline is not base64 zlib JSON"):
         AnomalyModel.load(path)
 
 
@@ -106,7 +121,7 @@ def test_reload_refuses_corrupt_and_mismatched_files_and_the_old_model_keeps_ser
     first = source.load()
     source.start(applied.append)
     try:
-        caller = identity()
+        call, caller = parsed(workload(), at=at(1))
         assert source.status()["state"] == "ok"
 
         write(path, b"corrupt")
@@ -120,7 +135,7 @@ def test_reload_refuses_corrupt_and_mismatched_files_and_the_old_model_keeps_ser
         assert "not a loadable ONNX model" in status["last_error"]
         assert status["version"] == first.version
         # The stage in force still scores.
-        outcome = first.assess(call(caller), caller, granted(), caller.issued_at or 0, 0.05)
+        outcome = first.assess(call, caller, granted(), at(1), 0.05)
         assert outcome.status is RiskStatus.SCORED
 
         write(path, with_metadata(bundled_bytes(), authz__feature_schema="v9"))
@@ -147,5 +162,5 @@ def test_status_reports_the_facts_health_and_metrics_read() -> None:
     status = source.status()
     for key in ("version", "feature_schema", "state", "reloads", "reload_failures", "last_error", "skipped"):
         assert isinstance(status[key], str)
-    assert status["model"] == BUNDLED_MODEL and status["feature_schema"] == "v1"
+    assert status["model"] == BUNDLED_MODEL and status["feature_schema"] == "v2"
     assert status["skipped"] == "0" and status["reloads"] == "0"

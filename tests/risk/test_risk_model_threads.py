@@ -1,4 +1,4 @@
-"""One model scored from several threads at once: each call gets its own row's score and errors.
+"""One model scored from several threads at once: each call gets its own row's score and surprises.
 
 `AnomalyModel.score` refills buffers bound to the onnxruntime session in place, and onnxruntime
 releases the GIL while it runs, so each thread must have buffers of its own; the batch path
@@ -18,7 +18,7 @@ from authz_server.risk.features import FEATURES
 
 def _rows(seed: int, count: int) -> list[list[float]]:
     rng = random.Random(seed)
-    return [[rng.uniform(f.low, f.high) for f in FEATURES] for _ in range(count)]
+    return [[rng.uniform(0.0, f.high) for f in FEATURES] for _ in range(count)]
 
 
 def test_concurrent_single_row_scores_match_the_batch_scores_of_the_same_rows() -> None:
