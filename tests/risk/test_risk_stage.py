@@ -241,3 +241,31 @@ def test_shadow_also_ignores_a_deny_on_risk_timeout() -> None:
     outcome = stage.assess(call, caller, policy, at(1), 0.0)
     assert outcome.status is RiskStatus.SKIPPED and outcome.shadow
     assert decide("d", caller, policy, outcome).verdict is Verdict.ALLOW
+
+
+# --- before a site baseline exists --------------------------------------------------------------------------------
+
+
+def test_without_a_site_baseline_only_signals_free_of_traffic_volume_deny() -> None:
+    """The bundled model has never seen this site: how many ids or calls a minute are normal here is unknown, so
+    such scores annotate; a body hundreds of times the caller's usual size means the same on any site, and denies."""
+    assert not BUNDLED.baseline.edges
+    stage = scorer()
+    t = steady(stage)
+    walk = []
+    for i in range(600):  # ids in order, 10 a second
+        call, caller = parsed(FRONTEND, f"/products/{100_000 + i}", at=t)
+        walk.append(through(stage, call, caller, t))
+        t += 0.1
+    high = [o for o in walk if o.score is not None and o.score > 0.9]
+    assert high, "the walk must reach the deny band's scores for the test to mean anything"
+    assert all(o.action is RiskAction.ANNOTATE and o.factors[0].name not in {"size_unusual"} for o in high)
+
+    t += 600
+    for i in range(300):
+        call, caller = parsed(FRONTEND, f"/carts/{PAGES[i % len(PAGES)]}", at=t, method="POST", content_length=600)
+        through(stage, call, caller, t)
+        t += 10
+    call, caller = parsed(FRONTEND, "/carts/17", at=t, method="POST", content_length=400_000)
+    body = through(stage, call, caller, t)
+    assert body.action is RiskAction.DENY and body.factors[0].name == "size_unusual"
