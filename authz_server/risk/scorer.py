@@ -65,7 +65,8 @@ SITE_FREE = frozenset({"size_unusual", "serial_multi_source"})
 that mean the same at any traffic volume. Distinct ids, walks and rates are judged against how busy an edge
 usually is, which only a site's own log says: in the lab's full-size evaluation the bundled model's deny band
 held 2.1% of benign calls, every one of them driven by `ids_short` (risk README, "What it catches"). Those
-scores still annotate; `model train --baseline` makes them enforceable."""
+scores still annotate under the default ceiling (`risk.default_max_risk`); a rule's own `maxRisk`, and a model
+trained on the site (`model train --baseline`), enforce them."""
 
 
 def _argmax(values: list[float]) -> int:
@@ -124,7 +125,12 @@ class RiskScorer:
 
         max_risk = policy.max_risk if policy.max_risk is not None else self._default_max_risk
         band, action = band_for(score, self._allow_below, max_risk)
-        if action is RiskAction.DENY and self._site_unknown and FEATURE_NAMES[_argmax(surprise)] not in SITE_FREE:
+        if (
+            action is RiskAction.DENY
+            and policy.max_risk is None  # a rule's own maxRisk is its owner's explicit choice, enforced as written
+            and self._site_unknown
+            and FEATURE_NAMES[_argmax(surprise)] not in SITE_FREE
+        ):
             band, action = ELEVATED, RiskAction.ANNOTATE
         alarm = self.model.alarm_surprise
         alarmed = frozenset(name for name, value in zip(FEATURE_NAMES, surprise, strict=True) if value >= alarm)

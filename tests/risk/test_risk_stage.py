@@ -260,6 +260,9 @@ def test_without_a_site_baseline_only_signals_free_of_traffic_volume_deny() -> N
     high = [o for o in walk if o.score is not None and o.score > 0.9]
     assert high, "the walk must reach the deny band's scores for the test to mean anything"
     assert all(o.action is RiskAction.ANNOTATE and o.factors[0].name not in {"size_unusual"} for o in high)
+    call, caller = parsed(FRONTEND, "/products/100600", at=t)
+    explicit = through(stage, call, caller, t, max_risk=0.9)  # a rule that sets maxRisk itself: enforced as written
+    assert explicit.score is not None and explicit.score > 0.9 and explicit.action is RiskAction.DENY
 
     t += 600
     for i in range(300):
