@@ -65,8 +65,8 @@ SITE_FREE = frozenset({"size_unusual", "serial_multi_source"})
 that mean the same at any traffic volume. Distinct ids, walks and rates are judged against how busy an edge
 usually is, which only a site's own log says: in the lab's full-size evaluation the bundled model's deny band
 held 2.1% of benign calls, every one of them driven by `ids_short` (risk README, "What it catches"). Those
-scores still annotate under the default ceiling (`risk.default_max_risk`); a rule's own `maxRisk`, and a model
-trained on the site (`model train --baseline`), enforce them."""
+scores still annotate under the default ceiling (`risk.default_max_risk`, when left at or above the calibrated
+deny edge); a rule's own `maxRisk`, a lower default ceiling and a model trained on the site enforce them."""
 
 
 def _argmax(values: list[float]) -> int:
@@ -96,7 +96,10 @@ class RiskScorer:
         if started_at is not None:
             state.started_at(started_at)
         self._version = model.version
-        self._site_unknown = not model.baseline.edges
+        # The calibrated deny edge of a model without a site baseline: only volume-free signals cross it (SITE_FREE).
+        # An operator who lowers the default ceiling below that edge has chosen to enforce more, and gets it.
+        deny_edge = float(model.card.calibration.get("deny_score", config.default_max_risk))
+        self._volume_free_denials_only = not model.baseline.edges and config.default_max_risk >= deny_edge
 
     @property
     def version(self) -> str:
@@ -128,7 +131,7 @@ class RiskScorer:
         if (
             action is RiskAction.DENY
             and policy.max_risk is None  # a rule's own maxRisk is its owner's explicit choice, enforced as written
-            and self._site_unknown
+            and self._volume_free_denials_only
             and FEATURE_NAMES[_argmax(surprise)] not in SITE_FREE
         ):
             band, action = ELEVATED, RiskAction.ANNOTATE
