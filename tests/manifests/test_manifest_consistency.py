@@ -98,7 +98,7 @@ def test_workers_match_the_cpu_limit_and_sizing_is_as_benchmarked(objects: list[
 # Resident memory of one worker, measured (benchmarks/RESULTS.md, "Memory at the caps").
 BASELINE_MIB = 110  # every stage loaded, after the first calls
 IDENTITY_MIB_PER_10K = 5.1 + 8.3  # 10,000 cached results and 10,000 cached failures
-RISK_MIB_PER_10K_IDENTITIES = 22  # TODO(lead): the risk stage's bounded state, from risk-core's measurement
+RISK_KIB_PER_EDGE = 2.5  # behavioural state, 2 templates learned an edge (benchmarks/bench_risk.py, tracemalloc)
 MESSAGE_MIB = 4  # gRPC's receive cap per call in flight (SERVER_OPTIONS)
 FRAGMENTATION = 1.25
 
@@ -112,7 +112,7 @@ def test_the_memory_limit_holds_one_worker_at_every_configured_cap(objects: list
         + IDENTITY_MIB_PER_10K * config.identity.cache_size / 10_000
         + config.log.queue_max_bytes / 2**20
         + MESSAGE_MIB * config.admission.max_in_flight
-        + RISK_MIB_PER_10K_IDENTITIES * config.risk.max_identities / 10_000
+        + RISK_KIB_PER_EDGE * config.risk.max_edges / 1024
     )
     resources = container(server_pod(objects)["spec"], SERVER)["resources"]
     limit = memory_mib(resources["limits"]["memory"])
