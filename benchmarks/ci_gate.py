@@ -97,7 +97,7 @@ class GrpcGate:
     warmup_seconds: float = 2.0
     concurrency: int = 16
     min_rps: float = 400.0
-    min_floor_share: float = 0.3
+    min_floor_share: float = 0.2
     """The server's requests/s as a share of the Python floor's in the same run (alternating halves)."""
     max_error_share: float = 0.0
 

@@ -12,7 +12,7 @@ from benchmarks.ci_gate import main
 
 TINY = """
 inprocess: {{rounds: 1, calls_per_round: 300, seconds_per_round: 5, min_calls_per_s: {min_calls}}}
-grpc: {{enabled: true, seconds: 1, warmup_seconds: 0.5, concurrency: 4, min_rps: 1}}
+grpc: {{enabled: true, seconds: 1, warmup_seconds: 0.5, concurrency: 4, min_rps: 1, min_floor_share: 0.01}}
 """
 
 
