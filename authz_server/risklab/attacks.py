@@ -52,7 +52,7 @@ ACCEPTED_FACTORS: dict[str, frozenset[str]] = {
     "new-edge": frozenset({"edge_novelty"}),
     "rate-burst": frozenset({"rate_burst"}),
 }
-"""The top factor that counts as naming the attack right (RISK_DESIGN.md)."""
+"""The top factor that counts as naming the attack right: the features that measure what the attack does."""
 
 
 @dataclass(frozen=True)

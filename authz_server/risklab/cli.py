@@ -21,9 +21,9 @@ DEFAULT_SITE_SEED = 11
 def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     model = commands.add_parser("model", help="simulate, train, evaluate and inspect the risk model")
     sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
-    # --- risk-core: train, info ---
+    # train, bundle, info: building models (train_commands.py)
     add_train_commands(sub)
-    # --- risk-lab: synth, evaluate ---
+    # synth, evaluate: the simulated site and the measurement
 
     synth = sub.add_parser(
         "synth",

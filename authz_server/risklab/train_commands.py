@@ -1,4 +1,4 @@
-"""`authz-server model train` and `model info` (risk-core's block of the `model` command; cli.py adds it)."""
+"""`authz-server model train`, `model bundle` and `model info` (cli.py adds them to the `model` command)."""
 
 from __future__ import annotations
 
