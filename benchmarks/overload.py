@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.dev.mesh import free_port
+from authz_server.transport.config import AdmissionConfig
 from benchmarks.loadgen import grpc_body_file, h2load_grpc
 from benchmarks.pipeline import write_inputs
 from benchmarks.servers import CHECK_METHOD, ServerGroup, check_response_ok, pinned, probe_check
@@ -158,15 +159,21 @@ def recovery_s(calls: Sequence[ProbeCall], load_ended: float, bound_s: float) ->
     return None
 
 
+CAPACITY_CALLS = 16
+"""Calls a capacity run keeps in flight (2 connections x 8 streams), fewer when the admission bounds hold fewer: a
+closed loop past the bounds would measure the refusals' cost, not the server's capacity."""
+
+
 def capacity(
-    group: ServerGroup, metrics_port: int, body: Path, seconds: float, cpus: str | None
+    group: ServerGroup, metrics_port: int, body: Path, seconds: float, cpus: str | None, in_flight: int
 ) -> tuple[float, float]:
-    """Decisions per second and per CPU-second of the server in a closed loop without deadline (2 connections x 8
-    streams), counted by the server."""
+    """Decisions per second and per CPU-second of the server in a closed loop of `in_flight` calls without
+    deadline, counted by the server."""
     before, cpu = counters(metrics_port), group.cpu_seconds()
     started = time.time()
     url = f"http://127.0.0.1:{group.port}{CHECK_METHOD}"
-    h2load_grpc(url, body, clients=2, streams=8, seconds=seconds, warmup_s=0.0, cpus=cpus)
+    clients = 2 if in_flight >= 2 else 1
+    h2load_grpc(url, body, clients=clients, streams=in_flight // clients, seconds=seconds, warmup_s=0.0, cpus=cpus)
     decided = counters(metrics_port)["decided"] - before["decided"]
     return decided / (time.time() - started), decided / max(group.cpu_seconds() - cpu, 1e-9)
 
@@ -202,6 +209,8 @@ def measure(
     """One configuration: the unloaded p99, then per level its own capacity (measured just before: on a shared
     machine capacity drifts with the neighbours' load) and the overloaded run."""
     group, metrics_port = start_server(workdir, bundle, policies, transport, options.server_cpus, request, admission)
+    bounds = AdmissionConfig(**(admission or {}))
+    in_flight = min(CAPACITY_CALLS, bounds.max_in_flight + bounds.max_queued)
     try:
         if not check_response_ok(probe_check(group.port, request)):
             raise RuntimeError("the probe request was not allowed: the benchmark setup is broken")
@@ -212,7 +221,7 @@ def measure(
         best = 0.0
         for factor in FACTORS:
             runs = [
-                capacity(group, metrics_port, body, options.capacity_seconds, options.generator_cpus)
+                capacity(group, metrics_port, body, options.capacity_seconds, options.generator_cpus, in_flight)
                 for _ in range(options.repeats)
             ]
             # Neighbours only ever take capacity away: the best rate seen is the closest to the server's own.

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -29,6 +28,7 @@ from authz_server.authorizer import Authorizer
 from authz_server.call import MalformedRequest, decode_request
 from authz_server.transport.admission import SHED_RESPONSE, Admission, grpc_options
 from authz_server.transport.callers import CheckCallers
+from authz_server.transport.sync_gate import GatedPool, install
 from authz_server.transport.unix_socket import allow_group, socket_path
 
 log = logging.getLogger("authz_server.transport")
@@ -36,6 +36,7 @@ log = logging.getLogger("authz_server.transport")
 AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 SERVICE_NAMES = (AUTHORIZATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 _CHECK = "Check"
+CHECK_METHOD = f"/{AUTHORIZATION_SERVICE}/{_CHECK}"
 
 # Envoy multiplexes every check of one worker thread over one HTTP/2 connection,
 # so the server must not cap concurrent streams: a cap makes Envoy refuse
@@ -185,13 +186,16 @@ def _bind(server: grpc.Server | grpc.aio.Server, listen: str) -> int:
 def build_sync_server(
     slot: AuthorizerSlot, listen: str, threads: int, admission: Admission
 ) -> tuple[grpc.Server, HealthReporter, int]:
-    # grpcio refuses calls past maximum_concurrent_rpcs (RESOURCE_EXHAUSTED) before they queue for a thread.
+    pool = GatedPool(threads)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads),
+        pool,
         options=SERVER_OPTIONS + grpc_options(admission.config),
-        maximum_concurrent_rpcs=admission.config.max_in_flight,
+        # The gate keeps Check within max_in_flight before Python sees the call; grpcio's own refusal, in Python on
+        # its polling thread, remains for health and reflection beyond it.
+        maximum_concurrent_rpcs=2 * admission.config.max_in_flight,
     )
     add_check_method(server, _sync_check(slot, admission))
+    install(server, pool, CHECK_METHOD, admission.config.max_in_flight)
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
