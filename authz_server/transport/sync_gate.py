@@ -74,13 +74,14 @@ class InFlightGate:
         self._core.request_registered_call(cq, call_cq, method, tag)
 
     def shutdown(self, cq: Any, tag: Any) -> None:
-        # A deferred request must reach the core to be failed by the shutdown, or grpcio waits for it forever.
-        self._core.shutdown(cq, tag)
+        # A deferred request must reach the core before its shutdown, which then fails it (grpcio refuses requests
+        # after shutdown): otherwise grpcio waits for its answer forever.
         with self._lock:
             self._closed = True
             deferred, self._deferred = self._deferred, None
         if deferred is not None:
             self._core.request_registered_call(*deferred)
+        self._core.shutdown(cq, tag)
 
     def entered(self) -> None:
         with self._lock:
