@@ -102,7 +102,9 @@ def install(server: grpc.Server, pool: GatedPool, method: str, limit: int) -> In
     state = getattr(server, "_state", None)
     core = getattr(state, "server", None)
     if state is None or core is None or getattr(state, "thread_pool", None) is not pool:
-        raise RuntimeError(f"grpcio {grpc.__version__}: the sync server's internals moved; the in-flight gate needs review")
+        raise RuntimeError(
+            f"grpcio {grpc.__version__}: the sync server's internals moved; the in-flight gate needs review"
+        )
     if not callable(getattr(core, "request_registered_call", None)):
         raise RuntimeError(f"grpcio {grpc.__version__}: no request_registered_call on the core server")
     gate = InFlightGate(core, method, limit)
