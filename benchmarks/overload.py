@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
@@ -150,6 +151,47 @@ class Probe:
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
 
 
+HEALTH_INTERVAL_S = 0.1
+HEALTH_TIMEOUT_S = 2.0
+"""The Deployment's readiness probe: grpc.health.v1 on the serving port, timeoutSeconds 2."""
+
+
+@dataclass
+class HealthProbe:
+    """One grpc.health.v1 Check every HEALTH_INTERVAL_S, as kubelet's probes send them on the serving port: a
+    server that sheds its health checks under overload is restarted or taken out of its Service."""
+
+    port: int
+    failed: int = 0
+    answered: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> HealthProbe:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> HealthProbe:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self
+
+    def _run(self) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            while not self._stop.is_set():
+                try:
+                    reply = check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT_S)
+                    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                except grpc.RpcError:
+                    serving = False
+                self.answered += serving
+                self.failed += not serving
+                self._stop.wait(HEALTH_INTERVAL_S)
+
+
 def p99_ms(calls: Sequence[ProbeCall]) -> float:
     return percentile(sorted(c.latency_s for c in calls if c.outcome == "decided"), 99.0) * 1000
 
@@ -238,9 +280,11 @@ def measure(
             time.sleep(0.5)
             before, cpu = counters(metrics_port), group.cpu_seconds()
             probe = Probe(group.port, request).start()
+            health = HealthProbe(group.port).start()
             started = time.time()
             load = offer(group.port, body, cap * factor, options.seconds, options.generator_cpus)
             ended = time.time()
+            health.stop()
             after, cpu = counters(metrics_port), group.cpu_seconds() - cpu
             time.sleep(options.recovery_seconds)
             calls = probe.stop()
@@ -265,6 +309,7 @@ def measure(
                     "answered_by_h2load": load["answered"],
                     "p99_decided_ms": round(p99_ms(during), 2),
                     "probe_outcomes": outcomes,
+                    "health_failed": f"{health.failed}/{health.failed + health.answered}",
                     "recovery_s": recovery_s(calls, ended, P99_TARGET_RATIO * unloaded_p99 / 1000),
                     # Neighbours on a shared machine move every figure: the 1-minute load average beside each.
                     "load_average": round(os.getloadavg()[0], 2),
@@ -291,14 +336,16 @@ def missed(row: dict[str, Any], unloaded_p99_ms: float) -> list[str]:
 def markdown(results: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| configuration | unloaded p99 | offered (x capacity/s) | decided in time/s | share of capacity "
-        "| per CPU-second | p99 decided | p99 / unloaded | shed 503 | late | recovery | targets | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| per CPU-second | p99 decided | p99 / unloaded | shed 503 | late | recovery | health checks failed "
+        "| targets | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         unloaded = result["unloaded_p99_ms"]
         for row in result["levels"]:
             recovery = "none" if row["recovery_s"] is None else f"{row['recovery_s']:.2f} s"
             misses = missed(row, unloaded)
+            targets = "met" if not misses else "missed: " + ", ".join(misses)
             lines.append(
                 f"| {result['config']} | {unloaded} ms "
                 f"| {row['factor']}x {row['capacity_per_s']:,} = {row['offered_per_s']:,}/s "
@@ -306,7 +353,7 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
                 f"| {row['share_of_capacity']:.0%} | {row['share_per_cpu']:.0%} | {row['p99_decided_ms']} ms "
                 f"| {row['p99_decided_ms'] / max(unloaded, 1e-9):.1f}x "
                 f"| {row['shed_503']:,} "
-                f"| {row['late']:,} | {recovery} | {'met' if not misses else 'missed: ' + ', '.join(misses)} "
+                f"| {row['late']:,} | {recovery} | {row['health_failed']} | {targets} "
                 f"| {row['load_average']} |"
             )
     return "\n".join(lines)

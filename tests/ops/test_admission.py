@@ -159,6 +159,9 @@ def test_calls_beyond_the_in_flight_and_queue_bounds_are_refused_and_the_rest_de
     assert set(counts) <= {"allowed", "RESOURCE_EXHAUSTED", "CANCELLED"}, counts
     refused = counts.get("RESOURCE_EXHAUSTED", 0) + counts.get("CANCELLED", 0)
     assert refused > 0 and counts.get("allowed", 0) > 0, counts
+    if transport == "sync":
+        # The in-flight gate leaves the excess in the C core, which resets it: grpcio never refuses in Python.
+        assert "RESOURCE_EXHAUSTED" not in counts, counts
     assert value(text, "authz_admission_decided_total") >= counts["allowed"]
 
 
