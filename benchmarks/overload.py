@@ -383,7 +383,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--recovery-seconds", type=float, default=3.0)
     parser.add_argument("--server-cpus", default="1", help="taskset CPU list for the server ('' = unpinned)")
     parser.add_argument("--generator-cpus", default="0", help="taskset CPU list for h2load ('' = unpinned)")
-    parser.add_argument("--admission", default="", help='server `admission` settings as JSON, e.g. {"max_queued": 64}')
+    parser.add_argument(
+        "--admission",
+        action="append",
+        default=[],
+        help='server `admission` settings as JSON, e.g. {"max_queued": 8}; repeat to compare several in one run',
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/out/overload.json"))
     return parser.parse_args(argv)
 
@@ -394,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.generator_cpus = options.generator_cpus or None
     workload = Workload(TrustDomainFixture.create())
     request = next(s for s in workload.samples(200) if s.kind is Kind.ALLOWED).serialized
-    results = []
+    results: list[dict[str, Any]] = []
     started = header(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
         workdir = Path(tmp)
@@ -402,11 +407,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle, policies = write_inputs(workload, workdir / "inputs")
         configs: list[tuple[str, str, dict[str, Any] | None]] = []
         for transport in options.transports.split(","):
-            configs.append((transport, transport, json.loads(options.admission) if options.admission else None))
+            for settings in options.admission or [""]:
+                admission = json.loads(settings) if settings else None
+                name = f"{transport} {settings}" if len(options.admission) > 1 else transport
+                configs.append((name, transport, admission))
             if options.compare_unbounded:
                 configs.append((f"{transport}, unbounded", transport, UNBOUNDED))
         for name, transport, admission in configs:
-            where = workdir / name.replace(", ", "-")
+            where = workdir / f"{len(results)}-{transport}"
             result = measure(name, transport, admission, where, body, bundle, policies, request, options)
             results.append(result)
             print(json.dumps(result), flush=True)
