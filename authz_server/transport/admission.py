@@ -6,20 +6,40 @@ CPU on calls whose caller has already given up (Envoy turns a late answer into
 fresh calls instead:
 
 1. `max_queued`: calls that may wait inside gRPC's C core for the Python
-   server loop to take them. Past it the core resets the new call's stream at
+   server to take them. Past it the core resets the new call's stream at
    once (the client sees CANCELLED), before any Python runs: the cheapest
    refusal there is. A call whose deadline passes while it waits there is
    dropped by the core too. Shedding in Python comes too late to save much: a
    call costs about two thirds of its CPU in gRPC's Python layers before the
    handler even starts (benchmarks/RESULTS.md, "The hop").
 2. `max_in_flight`: calls the Python server holds (aio: being read or decided;
-   sync: queued for or on a handler thread). Past it gRPC refuses the call with
-   RESOURCE_EXHAUSTED before the handler, the request parse or the decision.
-   Together the two bounds cap how stale a decided call can be: about
-   (max_in_flight + max_queued) x the cost of one call.
+   sync: queued for or on a handler thread). aio: past it grpc.aio refuses the
+   call with RESOURCE_EXHAUSTED in Cython, before the handler, the request
+   parse or the decision. sync: grpcio would refuse in Python on its one
+   polling thread, which cost the sync transport half its capacity under
+   overload; instead the server does not take the next call out of the core
+   until one finishes (transport/sync_gate.py), so the excess waits under 1.
+   and is reset there.
 3. The deadline: a call that reaches the handler with its deadline passed, or
    leaving less than the expected decision time (a moving average of recent
    decisions) plus `reserve_ms`, is not decided. It gets `SHED_RESPONSE` at once.
+
+Queueing is bounded by count, and the count bounds time: a decided call waits
+behind at most about max_in_flight + max_queued calls, each costing the
+server's time per call (Little's law), 32 x ~0.5-0.7 ms at the defaults. A
+bound in time measured per call (CoDel, or adaptive concurrency as Envoy's
+filter and Netflix's concurrency-limits do it: shrink the limit when admitted
+calls' latency rises above a target) needs refusals that cost far less than a
+decision, and the only such refusal here is the core's count. Measured
+(benchmarks/RESULTS.md, "Overload"): shedding by time in Python cannot keep up
+at 2x, since each shed costs most of a decision; and with a smaller queue
+(max_queued 8 or 4) the p99 of decided calls fell by half to two thirds but the
+server sat idle 40-60% of the time while refusing: arrivals come in bursts
+(one Envoy worker multiplexes its checks, a load generator or a proxy that
+loses its CPU for a few milliseconds sends them together), and 24 calls in the
+core is what carries a burst into the next milliseconds of decisions. The
+defaults keep the throughput, which is what Envoy with `failure_mode_allow:
+false` turns into allowed requests; lower max_queued to trade it for latency.
 
 `SHED_RESPONSE` is a CheckResponse, not a gRPC error: a denial with HTTP 503,
 `retry-after: 1` and `x-authz-reason: overloaded`. With `failure_mode_allow:
