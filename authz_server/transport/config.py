@@ -33,11 +33,13 @@ class CallersConfig:
 class AdmissionConfig:
     max_in_flight: int = 8
     """Checks one process holds in Python at once (aio: being read or decided; sync: queued for or on a handler
-    thread); past it gRPC refuses a call with RESOURCE_EXHAUSTED before it is parsed or decided."""
+    thread); past it aio refuses a call with RESOURCE_EXHAUSTED before it is parsed or decided, and sync leaves it
+    waiting in gRPC's C core (max_queued)."""
     max_queued: int = 24
     """Calls that may wait inside gRPC's C core for the server to take them; past it the core resets a new call's
     stream at once, before any Python runs. With max_in_flight it caps a decided call's wait at about
-    (max_in_flight + max_queued) x the cost of a call: 32 x ~0.6 ms at the defaults."""
+    (max_in_flight + max_queued) x the server's time per call: 32 x ~0.5-0.7 ms at the defaults. Smaller bounds cut
+that wait but refuse bursts the server would have decided (transport/admission.py)."""
     reserve_ms: float = 1.0
     """A call is decided only when its deadline leaves at least this much beyond the expected decision time (the
     moving average of recent decisions); otherwise it is answered at once with `overloaded`."""
