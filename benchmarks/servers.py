@@ -21,12 +21,11 @@ import yaml
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.dev.mesh import free_port
-from authz_server.transport.grpc_server import AUTHORIZATION_SERVICE
+from authz_server.transport.grpc_server import CHECK_METHOD as CHECK_METHOD
 from benchmarks.stats import summarize
 from benchmarks.workload import TRUST_DOMAIN
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-CHECK_METHOD = f"/{AUTHORIZATION_SERVICE}/Check"
 
 
 class ProcessTree:

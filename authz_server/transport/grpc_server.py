@@ -49,6 +49,7 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 NOT_READY = "authorization stages are still loading"
+_PROBES = 2
 _ns = time.perf_counter_ns
 
 
@@ -190,9 +191,10 @@ def build_sync_server(
     server = grpc.server(
         pool,
         options=SERVER_OPTIONS + grpc_options(admission.config),
-        # The gate keeps Check within max_in_flight before Python sees the call; grpcio's own refusal, in Python on
-        # its polling thread, remains for health and reflection beyond it.
-        maximum_concurrent_rpcs=2 * admission.config.max_in_flight,
+        # The gate keeps Check within max_in_flight before Python sees the call; grpcio's own bound, refusing in
+        # Python on its polling thread, leaves room beside them for kubelet's readiness and liveness probes
+        # (grpc.health.v1 on this port), which a server at max_in_flight must still answer.
+        maximum_concurrent_rpcs=admission.config.max_in_flight + _PROBES,
     )
     add_check_method(server, _sync_check(slot, admission))
     install(server, pool, CHECK_METHOD, admission.config.max_in_flight)

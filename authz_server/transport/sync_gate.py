@@ -10,7 +10,7 @@ them with no Python at all, as it does for the aio transport.
 
 grpcio has no public hook for this; the gate wraps the core server object grpcio keeps in `_Server._state.server`
 and the thread pool it hands calls to. `install` checks both are where it expects them and raises otherwise, so
-an incompatible grpcio fails at start (and in tests/ops/test_admission.py) rather than serving unbounded.
+an incompatible grpcio fails at start (and in tests/ops/test_sync_gate.py) rather than serving unbounded.
 """
 
 from __future__ import annotations
@@ -60,10 +60,6 @@ class InFlightGate:
     def __getattr__(self, name: str) -> Any:
         # Everything but the request for the next gated call goes to the core server unchanged.
         return getattr(self._core, name)
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
 
     def request_registered_call(self, cq: Any, call_cq: Any, method: Any, tag: Any) -> None:
         if method == self._method:
