@@ -108,6 +108,8 @@ def test_past_both_bounds_the_core_refuses_before_any_python_and_the_rest_are_de
             # the other 34-35 are answered while the handlers still hold.
             wait_until(lambda: sum(call.done() for call in calls) >= 34)
             refused = [outcome(call) for call in calls if call.done()]
+            wait_until(lambda: handler.running == 2)  # a pool thread may start its call only now
+            time.sleep(0.1)
             assert handler.started == 2
             handler.release.set()
             result = [outcome(call) for call in calls]
