@@ -33,8 +33,9 @@ calls' latency rises above a target) needs refusals that cost far less than a
 decision, and the only such refusal here is the core's count. Measured
 (benchmarks/RESULTS.md, "Overload"): shedding by time in Python cannot keep up
 at 2x, since each shed costs most of a decision; and with a smaller queue
-(max_queued 8 or 4) the p99 of decided calls fell by half to two thirds but the
-server sat idle 40-60% of the time while refusing: arrivals come in bursts
+(max_queued 8 or 4) the p99 of decided calls fell by half to two thirds, but the
+server used 39-75% of its core instead of 75-95% while it refused calls, and
+decided 41-79% of its capacity in time instead of 82-114%: arrivals come in bursts
 (one Envoy worker multiplexes its checks, a load generator or a proxy that
 loses its CPU for a few milliseconds sends them together), and 24 calls in the
 core is what carries a burst into the next milliseconds of decisions. The
