@@ -31,16 +31,18 @@ bound in time measured per call (CoDel, or adaptive concurrency as Envoy's
 filter and Netflix's concurrency-limits do it: shrink the limit when admitted
 calls' latency rises above a target) needs refusals that cost far less than a
 decision, and the only such refusal here is the core's count. Measured
-(benchmarks/RESULTS.md, "Overload"): shedding by time in Python cannot keep up
-at 2x, since each shed costs most of a decision; and with a smaller queue
-(max_queued 8 or 4) the p99 of decided calls fell by half to two thirds, but the
-server used 39-75% of its core instead of 75-95% while it refused calls, and
-decided 41-79% of its capacity in time instead of 82-114%: arrivals come in bursts
-(one Envoy worker multiplexes its checks, a load generator or a proxy that
-loses its CPU for a few milliseconds sends them together), and 24 calls in the
-core is what carries a burst into the next milliseconds of decisions. The
-defaults keep the throughput, which is what Envoy with `failure_mode_allow:
-false` turns into allowed requests; lower max_queued to trade it for latency.
+(benchmarks/RESULTS.md, "Overload"): shedding in the handler every call that
+waited over 8 ms met the p99 target but cut the calls decided in time to
+55-72% of capacity, since each shed call has already cost most of a decision;
+and with a smaller queue (max_queued 8 or 4) the p99 of decided calls fell by
+half to two thirds, but the server used 39-75% of its core instead of 75-95%
+while it refused calls, and decided 41-79% of its capacity in time instead of
+82-114%: arrivals come in bursts (one Envoy worker multiplexes its checks, a
+load generator or a proxy that loses its CPU for a few milliseconds sends them
+together), and 24 calls in the core is what carries a burst into the next
+milliseconds of decisions. The defaults keep the throughput, which is what
+Envoy with `failure_mode_allow: false` turns into allowed requests; lower
+max_queued to trade it for latency.
 
 `SHED_RESPONSE` is a CheckResponse, not a gRPC error: a denial with HTTP 503,
 `retry-after: 1` and `x-authz-reason: overloaded`. With `failure_mode_allow:
