@@ -40,7 +40,8 @@ def test_the_demo_shows_each_kind_of_decision_and_cleans_up() -> None:
     assert row("example.org/ns/finance/sa/reporting GET /v1/charges/ch_5000 [call 1 of", "200 allow")
 
     log_path = Path(text.split("decision log: ", 1)[1].split()[0])
-    decisions = [json.loads(line) for line in log_path.read_text().splitlines()]
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    decisions = [d for d in lines if d.get("kind") != "shed"]  # counted overload lines decide nothing
     assert len(decisions) >= 10 + ENUMERATION_CALLS
     assert {d["reason"] for d in decisions} >= {"allowed", "no-matching-rule", "expired", "risk"}
     exfiltration = [d for d in decisions if d["reason"] == "risk"]
