@@ -37,12 +37,15 @@ AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authoriza
 SERVICE_NAMES = (AUTHORIZATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 _CHECK = "Check"
 
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""The largest request message any transport accepts (grpcio's own default)."""
+
 # Envoy multiplexes every check of one worker thread over one HTTP/2 connection,
 # so the server must not cap concurrent streams: a cap makes Envoy refuse
 # streams, which failure_mode_allow: false turns into denies.
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.so_reuseport", 1),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
