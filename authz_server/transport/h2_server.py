@@ -185,7 +185,12 @@ class H2Server:
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES,
         }
-        self._config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # What this server sends is its own constants (and a percent-encoded grpc-message): h2's checks of outbound
+        # headers cost 20% of the always-allow floor's CPU per check (165 -> 131 µs, h2load, 4 interleaved rounds).
+        # Inbound headers, the client's, are still validated.
+        self._config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
 
     async def listen(self, listen: str) -> int:
         """Listen on HOST:PORT (returns the port) or unix:/PATH (returns 1, as the grpc transports do)."""
