@@ -56,12 +56,13 @@ class Config:
     listen: str = "127.0.0.1:9191"
     """Address of the gRPC server (Check, health, reflection). Use 0.0.0.0:9191 in a pod, or `unix:/PATH` for a
     Unix domain socket that the pod's own Envoy reaches on a shared volume (one process: workers 0 or 1)."""
-    transport: Literal["sync", "aio", "h2"] = "aio"
-    """gRPC server implementation: grpc.aio; grpcio's thread-pool server (same throughput and CPU per check as aio
-    with every stage on, but twice the server-side latency: handler threads contend for the GIL around the ONNX
-    model, benchmarks/RESULTS.md, "sync or aio"); or h2, unary gRPC on asyncio with the pure-Python h2 library,
-    about 40% less CPU per check than grpc.aio on the always-allow floor (benchmarks/RESULTS.md, "The h2
-    transport"; no reflection, no Health/Watch)."""
+    transport: Literal["h2", "aio", "sync"] = "h2"
+    """gRPC server implementation. h2: unary gRPC on asyncio (uvloop) with the pure-Python h2 library, one thread;
+    about 40% less CPU per check than grpc.aio on the always-allow floor and 25% less with every stage on, through
+    Envoy (benchmarks/RESULTS.md, "The h2 transport"); serves Check and grpc.health.v1 Health/Check, not server
+    reflection or Health/Watch. aio: grpc.aio, the same calls plus reflection and Health/Watch. sync: grpcio's
+    thread-pool server, twice aio's server-side latency (handler threads contend for the GIL around the ONNX
+    model, benchmarks/RESULTS.md, "sync or aio")."""
     workers: int = 0
     """Server processes sharing the port through SO_REUSEPORT; 0 means one per CPU."""
     threads: int = 4
