@@ -491,9 +491,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="rounds over every configuration and level")
     parser.add_argument("--grpc-concurrency", default="1,8,32", help="requests in flight for the direct gRPC runs")
     parser.add_argument("--envoy-concurrency", default="4,16,64", help="wrk connections for the Envoy runs")
-    parser.add_argument(
-        "--transports", default="h2,aio", help="server transports (aio, sync, h2), each with its floor"
-    )
+    parser.add_argument("--transports", default="h2,aio", help="server transports (aio, sync, h2), each with its floor")
     parser.add_argument("--workers", default=f"1,{os.cpu_count() or 1}", help="server process counts to compare")
     parser.add_argument("--streams-cap", type=int, default=8, help="Envoy max_concurrent_streams for workers > 1")
     parser.add_argument("--rate", type=int, default=1000, help="steady requests/s for the `rate` part")

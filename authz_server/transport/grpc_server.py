@@ -1,6 +1,7 @@
-"""The gRPC surface: Authorization/Check, grpc.health.v1 and server reflection.
+"""The gRPC surface on grpcio: Authorization/Check, grpc.health.v1 and server reflection.
 
-Two transports carry the same synchronous decision path:
+Two of the three transports carry the same synchronous decision path here (the third, `h2`, is h2_server.py and
+calls the same `decide_admitted`):
 - `sync`: grpcio's thread-pool server. Each Check runs on a pool thread.
 - `aio`: grpc.aio. Each Check runs on the event loop; the decision path never
   awaits, so a check costs one callback and no thread handoff.
