@@ -249,6 +249,7 @@ class _Connection(asyncio.Protocol):
         """Answers waiting for the peer's flow-control window: the rest of the body and the trailers."""
         self.transport: asyncio.Transport | None = None
         self._goaway_ping: bytes | None = None
+        self._goaway_seen = False
         self._closing = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
@@ -387,9 +388,14 @@ class _Connection(asyncio.Protocol):
             self._forget(stream_id)
             self._refuse(stream_id, grpc.StatusCode.INTERNAL, "internal error")
             return
-        self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
-        self.pending[stream_id] = (b"\x00" + len(reply).to_bytes(4, "big") + reply, _OK_TRAILERS)
-        self._send(stream_id)
+        try:
+            self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
+            self.pending[stream_id] = (b"\x00" + len(reply).to_bytes(4, "big") + reply, _OK_TRAILERS)
+            self._send(stream_id)
+        except h2.exceptions.StreamClosedError:
+            # The client reset the call while it was decided: the answer has nowhere to go.
+            self.pending.pop(stream_id, None)
+            self._forget(stream_id)
 
     # --- answers -----------------------------------------------------------------------------
 
@@ -444,7 +450,8 @@ class _Connection(asyncio.Protocol):
     # --- shutting down ------------------------------------------------------------------------
 
     def busy(self) -> bool:
-        return bool(self.streams or self.pending)
+        """Calls to finish, or a GOAWAY the peer has not confirmed: calls it sent before seeing it may still come."""
+        return bool(self.streams or self.pending) or (self._closing and not self._goaway_seen)
 
     def goaway(self) -> None:
         """First GOAWAY of a graceful close: no new streams please, and a PING to learn when the peer has seen it.
@@ -460,6 +467,8 @@ class _Connection(asyncio.Protocol):
         self._flush()
 
     def _final_goaway(self) -> None:
+        # The PING came back: everything the peer sent before it saw the first GOAWAY has arrived.
+        self._goaway_seen = True
         self._write_goaway(self.h2.highest_inbound_stream_id)
 
     def _write_goaway(self, last_stream_id: int) -> None:
