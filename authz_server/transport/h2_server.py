@@ -27,12 +27,15 @@ be decided in time gets SHED_RESPONSE, through `decide_admitted` like the rest.
 Bounds on what a client can make this process hold, in bytes or in count:
 one message at most MAX_MESSAGE_BYTES, every message being received at most
 MAX_BUFFERED_BYTES together (the call that would pass either is refused),
-header blocks at most MAX_HEADER_LIST_BYTES, frames at most 16 KiB (HTTP/2's
-default, advertised), MAX_CONCURRENT_STREAMS open streams a connection,
-MAX_CONNECTIONS connections, and a connection whose peer stops reading is not
-read either once WRITE_BUFFER_HIGH bytes wait for it (a ping flood cannot grow
-the write buffer). `h2` itself bounds CONTINUATION runs and remembered closed
-streams.
+header blocks at most MAX_HEADER_LIST_BYTES decoded and 4 CONTINUATION frames
+of at most 16 KiB (HTTP/2's default frame size, advertised) while they arrive,
+MAX_CONCURRENT_STREAMS open streams a connection, MAX_CONNECTIONS connections,
+and a connection whose peer stops reading is not read either once
+WRITE_BUFFER_HIGH bytes wait for it (a ping flood cannot grow the write
+buffer). A connection so holds at most ~0.2 MiB (header frames, one partial
+frame, its write buffer and the answers to one read), and `h2` bounds the
+closed streams it remembers. Pings are answered, not rate-limited: a flood
+costs CPU, not memory.
 
 SIGTERM (`drain`): the listener closes, every connection gets GOAWAY
 (last stream 2^31-1 with a PING, then, once the PING returns, the last stream
@@ -57,6 +60,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
@@ -80,17 +84,24 @@ CHECK_PATH = f"/{AUTHORIZATION_SERVICE}/Check".encode()
 HEALTH_SERVICE = "grpc.health.v1.Health"
 HEALTH_CHECK_PATH = f"/{HEALTH_SERVICE}/Check".encode()
 
-MAX_HEADER_LIST_BYTES = 64 * 1024
-"""Decoded header block of one request; an XFCC with a chain is a few KiB (callers.py caches up to 16 KiB)."""
+MAX_HEADER_LIST_BYTES = 16 * 1024
+"""Decoded header block of one request (grpc-core's default cap is 8 KiB); an XFCC with a chain is a few KiB."""
+_CONTINUATION_FRAMES = 4
+"""h2 holds a header block's frames until its last one arrives, by default up to 64 CONTINUATIONs of 16 KiB: 1 MiB
+a connection. A block within MAX_HEADER_LIST_BYTES fits in a HEADERS frame and one CONTINUATION when the sender
+fills its frames; 4 leaves room for one that does not, and bounds what a connection holds there at 64 KiB."""
 MAX_CONCURRENT_STREAMS = 1024
 """Advertised per connection. Envoy opens another connection past it rather than fail a call; admission refuses
 calls well before it (max_in_flight + max_queued for the whole process)."""
 MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 """Every partly received message of the process together: eight of the largest a call may send."""
 MAX_CONNECTIONS = 1024
-WRITE_BUFFER_HIGH = 1024 * 1024
-"""A connection stops being read while this much waits to be written to its peer."""
+WRITE_BUFFER_HIGH = 64 * 1024
+"""A connection stops being read while this much waits to be written to its peer (an answer is ~0.6 KiB)."""
 _LAST_STREAM_ID = 2**31 - 1
+
+# h2 reads this module constant on every CONTINUATION frame; it has no setting for it.
+h2.frame_buffer.CONTINUATION_BACKLOG = _CONTINUATION_FRAMES
 _GRPC_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
