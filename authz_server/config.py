@@ -59,8 +59,8 @@ class Config:
     transport: Literal["h2", "aio", "sync"] = "h2"
     """gRPC server implementation. h2: unary gRPC on asyncio (uvloop) with the pure-Python h2 library, one thread;
     about 40% less CPU per check than grpc.aio on the always-allow floor and 25% less with every stage on, through
-    Envoy (benchmarks/RESULTS.md, "The h2 transport"); serves Check and grpc.health.v1 Health/Check, not server
-    reflection or Health/Watch. aio: grpc.aio, the same calls plus reflection and Health/Watch. sync: grpcio's
+    Envoy (benchmarks/RESULTS.md, "The h2 transport"); serves Check and grpc.health.v1 (Check, Watch), not server
+    reflection. aio: grpc.aio, the same calls plus server reflection. sync: grpcio's
     thread-pool server, twice aio's server-side latency (handler threads contend for the GIL around the ONNX
     model, benchmarks/RESULTS.md, "sync or aio")."""
     workers: int = 0

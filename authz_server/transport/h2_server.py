@@ -11,8 +11,9 @@ transport", measures it against grpc.aio on the floor and with the pipeline).
 What it serves, for what the sidecar Envoy and a kubelet ask:
 - `envoy.service.auth.v3.Authorization/Check` (unary; identity deflate and the
   like are refused: Envoy never compresses a Check),
-- `grpc.health.v1.Health/Check`. `Health/Watch` and server reflection are not
-  served (UNIMPLEMENTED); grpc.aio's `aio` transport serves both.
+- `grpc.health.v1.Health/Check` and `Health/Watch` (the status now, then each
+  change, until the client leaves or the server drains). Server reflection is
+  not served (UNIMPLEMENTED); the `aio` transport serves it.
 No TLS, as the other transports: Envoy reaches the server over loopback, the
 pod network behind a NetworkPolicy, or a Unix socket.
 
@@ -83,6 +84,8 @@ log = logging.getLogger("authz_server.transport.h2")
 CHECK_PATH = f"/{AUTHORIZATION_SERVICE}/Check".encode()
 HEALTH_SERVICE = "grpc.health.v1.Health"
 HEALTH_CHECK_PATH = f"/{HEALTH_SERVICE}/Check".encode()
+HEALTH_WATCH_PATH = f"/{HEALTH_SERVICE}/Watch".encode()
+_PATHS = (CHECK_PATH, HEALTH_CHECK_PATH, HEALTH_WATCH_PATH)
 
 MAX_HEADER_LIST_BYTES = 16 * 1024
 """Decoded header block of one request (grpc-core's default cap is 8 KiB); an XFCC with a chain is a few KiB."""
@@ -108,6 +111,7 @@ _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"
 _OK_TRAILERS = ((b"grpc-status", b"0"),)
 _FRAME_HEADER = 5
 _XFCC = XFCC_METADATA.encode()
+Trailers = list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
 
 
 def parse_grpc_timeout(value: bytes) -> float | None:
@@ -130,25 +134,65 @@ def _status_trailers(code: grpc.StatusCode, message: str) -> list[tuple[bytes, b
     return [(b"grpc-status", str(code.value[0]).encode()), (b"grpc-message", _percent_encode(message))]
 
 
+Watcher = Callable[[int], None]
+
+
 class HealthStatus:
-    """grpc.health.v1 status by service name; `set` has the signature HealthReporter calls."""
+    """grpc.health.v1 status by service name; `set` has the signature HealthReporter calls (from any thread)."""
 
     def __init__(self, services: tuple[str, ...]) -> None:
         self._status = dict.fromkeys(services, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._watchers: dict[str, set[Watcher]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The loop the watchers live on, once the server listens."""
 
     def set(self, service: str, status: int) -> None:
+        changed = self._status.get(service) != status
         self._status[service] = status
-
-    def answer(self, data: bytes) -> bytes:
+        if not changed or not self._watchers.get(service) or self.loop is None:
+            return
         try:
-            service = health_pb2.HealthCheckRequest.FromString(data).service
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self.loop:
+            # At once: on SIGTERM the drain that ends every Watch follows in the same callback.
+            self._notify(service, status)
+        else:
+            self.loop.call_soon_threadsafe(self._notify, service, status)
+
+    def _notify(self, service: str, status: int) -> None:
+        for watcher in list(self._watchers.get(service, ())):
+            watcher(status)
+
+    def watch(self, service: str, watcher: Watcher) -> int:
+        """Call `watcher` with each new status of `service`; the status now (SERVICE_UNKNOWN for an unknown one)."""
+        self._watchers.setdefault(service, set()).add(watcher)
+        status: int = self._status.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        return status
+
+    def unwatch(self, service: str, watcher: Watcher) -> None:
+        self._watchers.get(service, set()).discard(watcher)
+
+    @staticmethod
+    def service(data: bytes) -> str:
+        try:
+            name: str = health_pb2.HealthCheckRequest.FromString(data).service
         except DecodeError:
             raise CheckRefused(grpc.StatusCode.INVALID_ARGUMENT, "HealthCheckRequest does not parse") from None
+        return name
+
+    def answer(self, data: bytes) -> bytes:
+        service = self.service(data)
         status = self._status.get(service)
         if status is None:
             raise CheckRefused(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
-        reply: bytes = health_pb2.HealthCheckResponse(status=status).SerializeToString()
-        return reply
+        return health_message(status)
+
+
+def health_message(status: int) -> bytes:
+    reply: bytes = health_pb2.HealthCheckResponse(status=status).SerializeToString()
+    return reply
 
 
 @dataclass
@@ -206,6 +250,7 @@ class H2Server:
     async def listen(self, listen: str) -> int:
         """Listen on HOST:PORT (returns the port) or unix:/PATH (returns 1, as the grpc transports do)."""
         loop = asyncio.get_running_loop()
+        self.health.loop = loop
         path = socket_path(listen)
         if path is not None:
             self._listener = await loop.create_unix_server(self._connection, path)
@@ -256,8 +301,10 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.h2 = h2.connection.H2Connection(server._config)
         self.streams: dict[int, _Stream] = {}
-        self.pending: dict[int, tuple[bytes, list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]]] = {}
-        """Answers waiting for the peer's flow-control window: the rest of the body and the trailers."""
+        self.pending: dict[int, tuple[bytes, Trailers | None]] = {}
+        """Answers waiting for the peer's flow-control window: the rest of the body, the trailers (None: a Watch,
+        the stream stays open)."""
+        self.watches: dict[int, tuple[str, Watcher]] = {}
         self.transport: asyncio.Transport | None = None
         self._goaway_ping: bytes | None = None
         self._goaway_seen = False
@@ -282,6 +329,8 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         for stream_id in list(self.streams):
             self._forget(stream_id)
+        for stream_id in list(self.watches):
+            self._unwatch(stream_id)
         self.pending.clear()
 
     def pause_writing(self) -> None:
@@ -289,7 +338,7 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self._closing:
+        if self.transport is not None:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -302,26 +351,35 @@ class _Connection(asyncio.Protocol):
             self._flush()
             self.close()
             return
-        for event in events:
-            kind = type(event)
-            if kind is h2.events.RequestReceived:
-                self._request(event, arrived)  # type: ignore[arg-type]
-            elif kind is h2.events.DataReceived:
-                self._data(event)  # type: ignore[arg-type]
-            elif kind is h2.events.StreamEnded:
-                self._ended(event.stream_id)  # type: ignore[attr-defined]
-            elif kind is h2.events.StreamReset:
-                self._forget(event.stream_id)  # type: ignore[attr-defined]
-                self.pending.pop(event.stream_id, None)  # type: ignore[attr-defined]
-            elif kind is h2.events.WindowUpdated:
-                self._send_pending()
-            elif kind is h2.events.PingAckReceived:
-                if event.ping_data == self._goaway_ping:  # type: ignore[attr-defined]
-                    self._final_goaway()
-            elif kind is h2.events.ConnectionTerminated:
-                self._flush()
-                self.close()
-                return
+        try:
+            for event in events:
+                kind = type(event)
+                if kind is h2.events.RequestReceived:
+                    self._request(event, arrived)  # type: ignore[arg-type]
+                elif kind is h2.events.DataReceived:
+                    self._data(event)  # type: ignore[arg-type]
+                elif kind is h2.events.StreamEnded:
+                    self._ended(event.stream_id)  # type: ignore[attr-defined]
+                elif kind is h2.events.StreamReset:
+                    self._forget(event.stream_id)  # type: ignore[attr-defined]
+                    self._unwatch(event.stream_id)  # type: ignore[attr-defined]
+                    self.pending.pop(event.stream_id, None)  # type: ignore[attr-defined]
+                elif kind is h2.events.WindowUpdated:
+                    self._send_pending()
+                elif kind is h2.events.PingAckReceived:
+                    if event.ping_data == self._goaway_ping:  # type: ignore[attr-defined]
+                        self._final_goaway()
+                elif kind is h2.events.ConnectionTerminated:
+                    self._flush()
+                    self.close()
+                    return
+        except h2.exceptions.H2Error as exc:
+            # A state the peer drove h2 into mid-batch (a frame for a stream it had already reset, say): this
+            # connection ends, the process and every other connection carry on.
+            log.debug("HTTP/2 connection closed after an error: %s", exc)
+            self._flush()
+            self.close()
+            return
         self._flush()
         if self._closing and not self.busy():
             self.close()
@@ -350,7 +408,7 @@ class _Connection(asyncio.Protocol):
             self.h2.send_headers(stream_id, ((b":status", status),), end_stream=True)
             self._reset_if_open(stream_id)
             return
-        if path != CHECK_PATH and path != HEALTH_CHECK_PATH:
+        if path not in _PATHS:
             self._refuse(stream_id, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}")
             return
         if self.server.open_calls >= self.server.max_open:
@@ -388,6 +446,9 @@ class _Connection(asyncio.Protocol):
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
         self.server.buffered -= stream.size
         stream.body = []
+        if stream.path == HEALTH_WATCH_PATH:
+            self._watch(stream_id, body)
+            return
         try:
             reply = self.server.answer(stream, _unframe(body))
         except CheckRefused as refused:
@@ -401,12 +462,47 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
-            self.pending[stream_id] = (b"\x00" + len(reply).to_bytes(4, "big") + reply, _OK_TRAILERS)
+            self.pending[stream_id] = (_frame(reply), _OK_TRAILERS)
             self._send(stream_id)
         except h2.exceptions.StreamClosedError:
             # The client reset the call while it was decided: the answer has nowhere to go.
             self.pending.pop(stream_id, None)
             self._forget(stream_id)
+
+    def _watch(self, stream_id: int, body: bytes) -> None:
+        """Health/Watch: the status now, then one message per change; the call no longer counts as in flight."""
+        self._forget(stream_id)
+        try:
+            service = HealthStatus.service(_unframe(body))
+        except CheckRefused as refused:
+            self._refuse(stream_id, refused.code, str(refused))
+            return
+
+        def push(status: int) -> None:
+            if stream_id in self.watches:
+                # Behind what the peer's window still holds back, if anything: a status change is a few bytes.
+                waiting = self.pending.get(stream_id, (b"", None))[0]
+                self.pending[stream_id] = (waiting + _frame(health_message(status)), None)
+                self._send(stream_id)
+                self._flush()
+
+        self.watches[stream_id] = (service, push)
+        status = self.server.health.watch(service, push)
+        self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
+        self.pending[stream_id] = (_frame(health_message(status)), None)
+        self._send(stream_id)
+
+    def _unwatch(self, stream_id: int) -> None:
+        watching = self.watches.pop(stream_id, None)
+        if watching is not None:
+            self.server.health.unwatch(*watching)
+
+    def _end_watches(self) -> None:
+        for stream_id in list(self.watches):
+            self._unwatch(stream_id)
+            self.pending.pop(stream_id, None)
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.send_headers(stream_id, _OK_TRAILERS, end_stream=True)
 
     # --- answers -----------------------------------------------------------------------------
 
@@ -421,8 +517,9 @@ class _Connection(asyncio.Protocol):
             self.h2.send_data(stream_id, body[:window])
             body = body[window:]
         del self.pending[stream_id]
-        self.h2.send_headers(stream_id, trailers, end_stream=True)
-        self._forget(stream_id)
+        if trailers is not None:
+            self.h2.send_headers(stream_id, trailers, end_stream=True)
+            self._forget(stream_id)
 
     def _send_pending(self) -> None:
         for stream_id in list(self.pending):
@@ -431,6 +528,7 @@ class _Connection(asyncio.Protocol):
             except h2.exceptions.StreamClosedError:
                 self.pending.pop(stream_id, None)
                 self._forget(stream_id)
+                self._unwatch(stream_id)
 
     def _refuse(self, stream_id: int, code: grpc.StatusCode, message: str) -> None:
         """A trailers-only answer with a gRPC status; the stream is reset if the client is still sending."""
@@ -472,6 +570,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self._closing:
             return
         self._closing = True
+        self._end_watches()
         self._goaway_ping = b"drain\x00\x00\x00"
         self._write_goaway(_LAST_STREAM_ID)
         self.h2.ping(self._goaway_ping)
@@ -491,6 +590,10 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+
+def _frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
 def _unframe(body: bytes) -> bytes:

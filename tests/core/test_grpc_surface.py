@@ -21,6 +21,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -88,6 +89,22 @@ def test_a_message_over_4_mib_is_refused_and_the_server_keeps_answering(running:
         assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(request, timeout=10)
     assert reply.status.code == 0
+
+
+def test_h2_health_watch_reports_serving_then_not_serving_on_sigterm(tmp_path: Path) -> None:
+    # The aio transport cancels a Watch at SIGTERM before grpcio's servicer has sent NOT_SERVING to it.
+    with _serve(tmp_path, "h2") as running, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        unknown = stub.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        unknown.cancel()
+        watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=20)
+        statuses = [next(watch).status]
+        assert statuses == [health_pb2.HealthCheckResponse.SERVING]
+        running.process.send_signal(signal.SIGTERM)
+        statuses += [reply.status for reply in watch]  # then the stream ends with OK
+        assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert running.process.wait(timeout=30) == 0
 
 
 def test_grpc_timeout_values_read_as_seconds() -> None:
