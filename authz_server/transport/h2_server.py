@@ -21,7 +21,9 @@ The same admission as the grpc transports (admission.py), reading "in flight"
 as "its HEADERS arrived, its answer is not yet written": past
 `max_in_flight + max_queued` such calls a new one is refused with
 RESOURCE_EXHAUSTED before its body is read (here nothing waits in a C core, so
-the two bounds add up to one). The deadline (`grpc-timeout`) is counted from
+the two bounds add up to one; calls not yet read wait in the socket, where
+their deadline bounds them: counting every call of one read against the bound
+refused more and gained nothing measurable, benchmarks/RESULTS.md). The deadline (`grpc-timeout`) is counted from
 the moment the bytes that carried the call were read, and a call that cannot
 be decided in time gets SHED_RESPONSE, through `decide_admitted` like the rest.
 
