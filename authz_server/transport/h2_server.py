@@ -447,7 +447,7 @@ class _Connection(asyncio.Protocol):
         stream.answering = True
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
         self.server.buffered -= stream.size
-        stream.body = []
+        stream.body, stream.size = [], 0
         if stream.path == HEALTH_WATCH_PATH:
             self._watch(stream_id, body)
             return
