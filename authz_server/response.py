@@ -245,8 +245,13 @@ def build_response(decision: Decision, request_headers: Iterable[str]) -> bytes:
     if verdict is Verdict.DENY:
         body = fixed.body_prefix + encode_basestring_ascii(decision.decision_id).encode() + b"}"
         denied = (
-            _DENIED_HTTP_STATUS.get(decision.http_status) or _bytes_field(1, _varint_field(1, decision.http_status))
-        ) + headers + _CONTENT_TYPE + b"\x1a" + _varint(len(body)) + body
+            (_DENIED_HTTP_STATUS.get(decision.http_status) or _bytes_field(1, _varint_field(1, decision.http_status)))
+            + headers
+            + _CONTENT_TYPE
+            + b"\x1a"
+            + _varint(len(body))
+            + body
+        )
         return fixed.status + b"\x12" + _varint(len(denied)) + denied + b"\x22" + _varint(len(metadata)) + metadata
 
     values = fixed.values

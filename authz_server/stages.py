@@ -2,7 +2,7 @@
 
 Each stage is a plain synchronous object doing CPU work only: no I/O, no
 awaits, no locks held across calls. That keeps the same decision path usable
-from the grpc.aio transport and from grpcio's thread-pool transport.
+from the h2 and grpc.aio transports (on the event loop) and from grpcio's thread-pool transport.
 """
 
 from __future__ import annotations

@@ -156,9 +156,7 @@ def bench_serialise_cpu(records: list[tuple[object, Decision, StageTimings]], ro
     return best
 
 
-def bench_writer(
-    records: list[tuple[object, Decision, StageTimings]], calls: int, path: Path, metrics: bool
-) -> float:
+def bench_writer(records: list[tuple[object, Decision, StageTimings]], calls: int, path: Path, metrics: bool) -> float:
     log = DecisionLog(LogConfig(decisions=str(path), queue_size=calls + 1, flush_interval_ms=10_000))
     if metrics:
         from prometheus_client import CollectorRegistry

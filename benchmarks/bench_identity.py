@@ -99,7 +99,6 @@ def _tangle(ca: TrustDomainCA, count: int) -> str:
     return f"By={PROXY};Chain={_quote(pem)}"
 
 
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0, help="upper bound on the whole run")

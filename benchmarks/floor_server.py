@@ -1,6 +1,6 @@
 """The Python floor: an ext_authz server that allows everything without looking at the request.
 
-    .venv/bin/python -m benchmarks.floor_server --listen 127.0.0.1:9301 [--transport aio|sync]
+    .venv/bin/python -m benchmarks.floor_server --listen 127.0.0.1:9301 [--transport aio|sync|h2]
 
 It pays exactly what any Python gRPC hop pays (HTTP/2, the request's
 protobuf deserialization, the reply) and nothing else, so the distance between
@@ -20,6 +20,7 @@ import grpc
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.transport.grpc_server import SERVER_OPTIONS, add_check_method
+from authz_server.transport.h2_server import H2Server
 from authz_server.transport.serve import event_loop_factory
 
 ALLOW = external_auth_pb2.CheckResponse(
@@ -60,15 +61,27 @@ async def serve_aio(listen: str) -> None:
     await server.stop(1)
 
 
+async def serve_h2(listen: str) -> None:
+    server = H2Server(lambda *_: ALLOW, max_open=1024)
+    await server.listen(listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("serving", flush=True)
+    await stop.wait()
+    await server.drain(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="always-allow ext_authz server (the Python floor)")
     parser.add_argument("--listen", required=True)
-    parser.add_argument("--transport", choices=("aio", "sync"), default="aio")
+    parser.add_argument("--transport", choices=("aio", "sync", "h2"), default="aio")
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
-    if args.transport == "aio":
+    if args.transport in ("aio", "h2"):
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve_aio(args.listen))
+            runner.run(serve_aio(args.listen) if args.transport == "aio" else serve_h2(args.listen))
     else:
         serve_sync(args.listen, args.threads)
 

@@ -89,7 +89,6 @@ class Pipeline:
                 log.exception("closing a benchmark stage failed")
 
 
-
 def write_inputs(workload: Workload, directory: Path) -> tuple[Path, Path]:
     """The trust bundle and the declarations, as files the real stage sources load."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -110,10 +109,7 @@ def build_pipeline(
 ) -> Pipeline:
     """An Authorizer over the real stages available in this tree, recording timings into a TimingSink."""
     bundle, policies = write_inputs(workload, directory)
-    return assemble(
-        bundle, policies, directory / "decisions.jsonl", capacity, risk=risk, decision_log=decision_log
-    )
-
+    return assemble(bundle, policies, directory / "decisions.jsonl", capacity, risk=risk, decision_log=decision_log)
 
 
 def assemble(

@@ -322,7 +322,7 @@ def grpc_part(
     body = grpc_body_file(probe, workdir)
     bundle, policies = write_inputs(workload, workdir / "inputs")
     targets: list[Target] = []
-    for transport in ("aio", "sync"):
+    for transport in options.transports:
         group = stack.enter_context(floor_server(workdir / "servers", transport).start(probe))
         targets.append(Target(f"floor {transport}", h2load_driver(group.port, body, options.generator_cpus), group))
     if missing_note(options.opa) is None:
@@ -398,6 +398,38 @@ def rate_part(
     return results
 
 
+def envoy_decision_servers(
+    transport: str,
+    workers: int,
+    bundle: Path,
+    policies: Path,
+    probe: bytes,
+    workdir: Path,
+    options: Options,
+    stack: ExitStack,
+    chain: Callable[[str, ChainSpec, ServerGroup], Chain],
+) -> None:
+    """This server behind the sidecar: over TCP, and beside it the baseline, the Unix socket or a streams cap."""
+    spec = DecisionServerSpec(transport=transport, workers=workers)
+    group = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
+    chain(f"ext_authz: authz {transport} w{workers}", ChainSpec("ext_authz", group.port), group)
+    if workers == 1 and options.baseline is not None and transport == options.transports[0]:
+        spec = DecisionServerSpec(transport=transport, workers=1, source_tree=options.baseline)
+        base = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
+        chain(f"ext_authz: authz baseline {transport} w1", ChainSpec("ext_authz", base.port), base)
+    if workers == 1 and options.unix_socket:
+        spec = DecisionServerSpec(transport=transport, workers=1, unix_socket=True)
+        local = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
+        chain(f"ext_authz: authz {transport} w1 unix", ChainSpec("ext_authz", authz_socket=local.socket), local)
+    if workers > 1 and options.streams_cap:
+        capped = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
+        chain(
+            f"ext_authz: authz {transport} w{workers} cap{options.streams_cap}",
+            ChainSpec("ext_authz", capped.port, max_concurrent_streams=options.streams_cap),
+            capped,
+        )
+
+
 def envoy_part(
     workload: Workload, samples: Sequence[Sample], workdir: Path, options: Options, stack: ExitStack
 ) -> dict[str, Any]:
@@ -415,36 +447,16 @@ def envoy_part(
 
     baseline = chain("envoy, no authz", ChainSpec("none"))
     chain("envoy + RBAC", ChainSpec("rbac"))
-    floor = stack.enter_context(floor_server(workdir / "servers", "aio").start(probe))
-    chain("ext_authz: floor aio", ChainSpec("ext_authz", floor.port), floor)
+    for transport in options.transports:
+        floor = stack.enter_context(floor_server(workdir / "servers", transport).start(probe))
+        chain(f"ext_authz: floor {transport}", ChainSpec("ext_authz", floor.port), floor)
     if missing_note(options.opa) is None:
         assert options.opa is not None
         opa = stack.enter_context(opa_server(workdir / "servers", options.opa).start(probe))
         chain("ext_authz: OPA-Envoy", ChainSpec("ext_authz", opa.port), opa)
-    default_transport = options.transports[0]
-    for workers in options.workers:
-        spec = DecisionServerSpec(transport=default_transport, workers=workers)
-        group = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
-        chain(f"ext_authz: authz {default_transport} w{workers}", ChainSpec("ext_authz", group.port), group)
-        if workers == 1 and options.baseline is not None:
-            spec = DecisionServerSpec(transport=default_transport, workers=1, source_tree=options.baseline)
-            base = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
-            chain(f"ext_authz: authz baseline {default_transport} w1", ChainSpec("ext_authz", base.port), base)
-        if workers == 1 and options.unix_socket:
-            spec = DecisionServerSpec(transport=default_transport, workers=1, unix_socket=True)
-            local = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
-            chain(
-                f"ext_authz: authz {default_transport} w1 unix",
-                ChainSpec("ext_authz", authz_socket=local.socket),
-                local,
-            )
-        if workers > 1 and options.streams_cap:
-            capped = stack.enter_context(decision_server(workdir / "servers", bundle, policies, spec).start(probe))
-            chain(
-                f"ext_authz: authz {default_transport} w{workers} cap{options.streams_cap}",
-                ChainSpec("ext_authz", capped.port, max_concurrent_streams=options.streams_cap),
-                capped,
-            )
+    for transport in options.transports:
+        for workers in options.workers:
+            envoy_decision_servers(transport, workers, bundle, policies, probe, workdir, options, stack, chain)
     # The generator's ceiling: wrk and the client Envoy alone (the client answers x-bench-local itself).
     (workdir / "local").mkdir(parents=True, exist_ok=True)
     local_script = wrk_script(e2e[:200], workdir / "local", {LOCAL_HEADER: "1"})
@@ -479,7 +491,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="rounds over every configuration and level")
     parser.add_argument("--grpc-concurrency", default="1,8,32", help="requests in flight for the direct gRPC runs")
     parser.add_argument("--envoy-concurrency", default="4,16,64", help="wrk connections for the Envoy runs")
-    parser.add_argument("--transports", default="aio,sync", help="server transports; the first one is used via Envoy")
+    parser.add_argument("--transports", default="h2,aio", help="server transports (aio, sync, h2), each with its floor")
     parser.add_argument("--workers", default=f"1,{os.cpu_count() or 1}", help="server process counts to compare")
     parser.add_argument("--streams-cap", type=int, default=8, help="Envoy max_concurrent_streams for workers > 1")
     parser.add_argument("--rate", type=int, default=1000, help="steady requests/s for the `rate` part")

@@ -16,7 +16,7 @@ def workload_api_endpoint(socket: str) -> str:
     if socket.startswith("/"):
         return f"unix://{socket}"
     if socket.startswith("unix:/") and not socket.startswith("unix://"):
-        return f"unix://{socket[len('unix:'):]}"
+        return f"unix://{socket[len('unix:') :]}"
     return socket
 
 

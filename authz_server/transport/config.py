@@ -34,7 +34,8 @@ class AdmissionConfig:
     max_in_flight: int = 8
     """Checks one process holds in Python at once (aio: being read or decided; sync: queued for or on a handler
     thread); past it aio refuses a call with RESOURCE_EXHAUSTED before it is parsed or decided, and sync leaves it
-    waiting in gRPC's C core (max_queued)."""
+    waiting in gRPC's C core (max_queued). The h2 transport has no C core to queue in: it refuses a call once
+    max_in_flight + max_queued calls are received and not yet answered."""
     max_queued: int = 24
     """Calls that may wait inside gRPC's C core for the server to take them; past it the core resets a new call's
     stream at once, before any Python runs. With max_in_flight it caps a decided call's wait at about

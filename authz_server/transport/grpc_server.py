@@ -1,6 +1,7 @@
-"""The gRPC surface: Authorization/Check, grpc.health.v1 and server reflection.
+"""The gRPC surface on grpcio: Authorization/Check, grpc.health.v1 and server reflection.
 
-Two transports carry the same synchronous decision path:
+Two of the three transports carry the same synchronous decision path here (the third, `h2`, is h2_server.py and
+calls the same `decide_admitted`):
 - `sync`: grpcio's thread-pool server. Each Check runs on a pool thread.
 - `aio`: grpc.aio. Each Check runs on the event loop; the decision path never
   awaits, so a check costs one callback and no thread handoff.
@@ -38,12 +39,15 @@ SERVICE_NAMES = (AUTHORIZATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_
 _CHECK = "Check"
 CHECK_METHOD = f"/{AUTHORIZATION_SERVICE}/{_CHECK}"
 
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""The largest request message any transport accepts (grpcio's own default)."""
+
 # Envoy multiplexes every check of one worker thread over one HTTP/2 connection,
 # so the server must not cap concurrent streams: a cap makes Envoy refuse
 # streams, which failure_mode_allow: false turns into denies.
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.so_reuseport", 1),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]

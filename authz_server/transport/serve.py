@@ -29,6 +29,7 @@ from authz_server.stages import IdentityStage, PolicyStage, RiskStage, StageSour
 from authz_server.transport.admission import Admission
 from authz_server.transport.callers import CheckCallers
 from authz_server.transport.grpc_server import AuthorizerSlot, HealthReporter, build_aio_server, build_sync_server
+from authz_server.transport.h2_server import H2Server, authorizer_check
 from authz_server.transport.unix_socket import clear_stale, socket_path
 
 log = logging.getLogger("authz_server.serve")
@@ -189,9 +190,9 @@ class ServerProcess:
             self.failed = exc
             self.sink.close()
             return EXIT_CANNOT_START
-        if self.config.transport == "aio":
+        if self.config.transport in ("aio", "h2"):
             with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-                runner.run(self._run_aio())
+                runner.run(self._run_aio() if self.config.transport == "aio" else self._run_h2())
         else:
             self._run_sync()
         return EXIT_CANNOT_START if self.failed is not None else 0
@@ -233,6 +234,31 @@ class ServerProcess:
             self.ops.readiness.stopping()
             reporter.not_serving()
             await server.stop(self.config.grace_period_s)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            self._shutdown_stages()
+
+    async def _run_h2(self) -> None:
+        loop = asyncio.get_running_loop()
+        admission = self.config.admission
+        server = H2Server(authorizer_check(self.slot, self.admission), admission.max_in_flight + admission.max_queued)
+        self.port = await server.listen(self.config.listen)
+        reporter = HealthReporter(server.health)
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+
+            def stop_from_thread() -> None:
+                loop.call_soon_threadsafe(stopping.set)
+
+            threading.Thread(target=self._load, args=(reporter, stop_from_thread), daemon=True).start()
+            await stopping.wait()
+            log.info("stopping: draining in-flight calls for up to %.1fs", self.config.grace_period_s)
+            self.ops.readiness.stopping()
+            reporter.not_serving()
+            await server.drain(self.config.grace_period_s)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -67,7 +67,7 @@ class Running:
         return self.decision_log.exists() and f'"{request_id}"' in self.decision_log.read_text()
 
 
-@pytest.fixture(scope="module", params=["aio", "sync"])
+@pytest.fixture(scope="module", params=["aio", "sync", "h2"])
 def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp(f"callers-{request.param}")
     ca = TrustDomainCA.create(TRUST_DOMAIN)

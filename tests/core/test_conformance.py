@@ -88,14 +88,20 @@ def test_a_fully_populated_envoy_check_request_parses_with_every_field_the_serve
 
 
 def _identity() -> Identity:
-    return Identity("spiffe://example.org/ns/shop/sa/checkout", "example.org", "/ns/shop/sa/checkout",
-                    Proof.CERTIFICATE, expires_at=2e9)
+    return Identity(
+        "spiffe://example.org/ns/shop/sa/checkout",
+        "example.org",
+        "/ns/shop/sa/checkout",
+        Proof.CERTIFICATE,
+        expires_at=2e9,
+    )
 
 
 def test_an_allow_response_reads_back_in_envoy_data_plane_with_the_same_values() -> None:
     policy = PolicyOutcome(True, PolicyReason.ALLOWED, "3f2a9c", document="shop/payments", rule="charges")
-    risk = RiskOutcome(RiskStatus.SCORED, 0.42, (RiskFactor("distinct_paths", 0.7),), "m1", "annotate",
-                       RiskAction.ANNOTATE)
+    risk = RiskOutcome(
+        RiskStatus.SCORED, 0.42, (RiskFactor("distinct_paths", 0.7),), "m1", "annotate", RiskAction.ANNOTATE
+    )
     decision = decide("d-1", _identity(), policy, risk)
     ours = build_response(decision, {"x-authz-source": "forged", "x-authz-extra": "1", "accept": "*/*"})
 

@@ -32,7 +32,7 @@ def _ready(port: int) -> bool:
     return True
 
 
-@pytest.fixture(params=["aio", "sync"])
+@pytest.fixture(params=["aio", "sync", "h2"])
 def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Workspace, int, Path]]:
     workspace = Workspace(tmp_path)
     port = free_port()

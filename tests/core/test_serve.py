@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -78,7 +79,8 @@ def _check_request(ca: TrustDomainCA, caller: str) -> external_auth_pb2.CheckReq
     return request
 
 
-def test_workers_share_the_port_and_stop_gracefully_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["aio", "sync", "h2"])
+def test_workers_share_the_port_and_stop_gracefully_on_sigterm(tmp_path: Path, transport: str) -> None:
     ca = TrustDomainCA.create(TRUST_DOMAIN)
     port = free_port()
     config = tmp_path / "config.yaml"
@@ -87,6 +89,7 @@ def test_workers_share_the_port_and_stop_gracefully_on_sigterm(tmp_path: Path) -
             {
                 "listen": f"127.0.0.1:{port}",
                 "workers": 2,
+                "transport": transport,
                 "identity": {"trust_domains": {TRUST_DOMAIN: {"bundle": str(ca.write_bundle(tmp_path / "b.pem"))}}},
                 "risk": {"enabled": False},
                 "log": {"decisions": "off"},
@@ -129,12 +132,15 @@ def test_workers_share_the_port_and_stop_gracefully_on_sigterm(tmp_path: Path) -
     assert output.count("serving on") == 2, output
 
 
-def _serve_on_socket(tmp_path: Path, ca: TrustDomainCA, path: Path, log: Path) -> subprocess.Popen[bytes]:
+def _serve_on_socket(
+    tmp_path: Path, ca: TrustDomainCA, path: Path, log: Path, transport: str
+) -> subprocess.Popen[bytes]:
     config = tmp_path / "socket-config.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "listen": f"unix:{path}",
+                "transport": transport,
                 "identity": {"trust_domains": {TRUST_DOMAIN: {"bundle": str(ca.write_bundle(tmp_path / "b.pem"))}}},
                 "risk": {"enabled": False},
                 "log": {"decisions": "off"},
@@ -147,7 +153,8 @@ def _serve_on_socket(tmp_path: Path, ca: TrustDomainCA, path: Path, log: Path) -
         )
 
 
-def test_a_unix_socket_left_by_a_crashed_server_is_replaced_and_answers_checks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["aio", "h2"])
+def test_a_unix_socket_left_by_a_crashed_server_is_replaced_and_answers_checks(tmp_path: Path, transport: str) -> None:
     import socket as sockets
     import stat
 
@@ -159,7 +166,7 @@ def test_a_unix_socket_left_by_a_crashed_server_is_replaced_and_answers_checks(t
     leftover.bind(str(path))
     leftover.close()
     log = tmp_path / "server.log"
-    server = _serve_on_socket(tmp_path, ca, path, log)
+    server = _serve_on_socket(tmp_path, ca, path, log, transport)
     try:
         request = _check_request(ca, f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/checkout")
         deadline = time.monotonic() + 60

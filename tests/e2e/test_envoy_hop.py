@@ -32,7 +32,7 @@ spec:
 """
 
 
-@pytest.fixture(scope="module", params=["sync", "aio"])
+@pytest.fixture(scope="module", params=["sync", "aio", "h2"])
 def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     transport = request.param
     with LocalMesh(
@@ -41,7 +41,6 @@ def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         server_config={"transport": transport, "risk": {"enabled": False}},
     ) as running:
         yield running
-
 
 
 def test_an_allowed_call_reaches_the_upstream_with_the_annotations(mesh: LocalMesh) -> None:

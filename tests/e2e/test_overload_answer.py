@@ -29,7 +29,7 @@ spec:
 """
 
 
-@pytest.mark.parametrize("transport", ["aio", "sync"])
+@pytest.mark.parametrize("transport", ["aio", "sync", "h2"])
 def test_a_call_that_cannot_be_decided_in_time_is_a_503_to_retry_and_never_reaches_the_upstream(
     tmp_path: Path, transport: str
 ) -> None:

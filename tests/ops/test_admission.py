@@ -29,7 +29,7 @@ from tests.ops.test_metrics_health import get, value
 from tests.ops.test_server_ops import server, wait_for
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
-TRANSPORTS = ("aio", "sync")
+TRANSPORTS = ("aio", "sync", "h2")
 
 
 @pytest.fixture

@@ -177,4 +177,3 @@ def test_the_file_rotates_by_size_and_keeps_the_configured_backups(workspace: Wo
     # The newest lines survive, in order; the oldest went with the backups beyond the second.
     assert kept == ids[-len(kept) :]
     assert len(kept) < len(ids)
-

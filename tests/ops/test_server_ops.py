@@ -107,9 +107,7 @@ def test_not_ready_while_loading_then_ready_then_metrics_after_a_run_of_calls(
         log={"decisions": "stdout"},
     )
     # A Workload API that never answers holds start-up for its timeout: the window in which probes must say no.
-    config["identity"].update(
-        workload_api_socket=f"unix://{tmp_path}/no-agent.sock", workload_api_start_timeout_s=2
-    )
+    config["identity"].update(workload_api_socket=f"unix://{tmp_path}/no-agent.sock", workload_api_start_timeout_s=2)
     with server(workspace, tmp_path, config) as process:
         wait_for(lambda: get(metrics_port, "/healthz")[0] == 200, 20, "/healthz", process, tmp_path)
         status, body = get(metrics_port, "/readyz")
@@ -139,10 +137,8 @@ def test_not_ready_while_loading_then_ready_then_metrics_after_a_run_of_calls(
     assert sorted(line["decision_id"] for line in logged) == sorted(ids)
 
 
-@pytest.mark.parametrize("transport", ["sync", "aio"])
-def test_sigterm_writes_every_queued_decision_before_exit(
-    workspace: Workspace, tmp_path: Path, transport: str
-) -> None:
+@pytest.mark.parametrize("transport", ["sync", "aio", "h2"])
+def test_sigterm_writes_every_queued_decision_before_exit(workspace: Workspace, tmp_path: Path, transport: str) -> None:
     port = free_port()
     decisions = tmp_path / "decisions.jsonl"
     # The writer would wait a minute before writing: every line is still queued when SIGTERM arrives.
@@ -152,6 +148,7 @@ def test_sigterm_writes_every_queued_decision_before_exit(
         log={"decisions": str(decisions), "flush_interval_ms": 60_000},
     )
     with server(workspace, tmp_path, config) as process:
+
         def serving() -> bool:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 try:

@@ -75,7 +75,6 @@ def _upstream_count(mesh: LocalMesh) -> int:
     return int(mesh.echo.requests)
 
 
-
 def _denied(mesh: LocalMesh, reply: Reply, reason: str, before: int) -> dict[str, Any]:
     assert reply.status == 403, reply.body
     assert reply.headers["x-authz-decision"] == "deny"

@@ -1,0 +1,610 @@
+"""The `h2` transport: gRPC's unary calls served on asyncio (uvloop) with the pure-Python `h2` library.
+
+Why a second implementation of the gRPC server side: grpc.aio spends about as
+much CPU carrying a Check as the whole decision costs (its Cython layer, a
+completion-queue poller thread waking the loop for every event). This
+transport keeps one thread: each connection is an asyncio Protocol, `h2`
+turns bytes into events, and a Check that has arrived whole is decided in the
+same callback and answered in the same write (benchmarks/RESULTS.md, "The h2
+transport", measures it against grpc.aio on the floor and with the pipeline).
+
+What it serves, for what the sidecar Envoy and a kubelet ask:
+- `envoy.service.auth.v3.Authorization/Check` (unary; identity deflate and the
+  like are refused: Envoy never compresses a Check),
+- `grpc.health.v1.Health/Check` and `Health/Watch` (the status now, then each
+  change, until the client leaves or the server drains). Server reflection is
+  not served (UNIMPLEMENTED); the `aio` transport serves it.
+No TLS, as the other transports: Envoy reaches the server over loopback, the
+pod network behind a NetworkPolicy, or a Unix socket.
+
+The same admission as the grpc transports (admission.py), reading "in flight"
+as "its HEADERS arrived, its answer is not yet written": past
+`max_in_flight + max_queued` such calls a new one is refused with
+RESOURCE_EXHAUSTED before its body is read (here nothing waits in a C core, so
+the two bounds add up to one; calls not yet read wait in the socket, where
+their deadline bounds them: counting every call of one read against the bound
+refused more and gained nothing measurable, benchmarks/RESULTS.md). The deadline (`grpc-timeout`) is counted from
+the moment the bytes that carried the call were read, and a call that cannot
+be decided in time gets SHED_RESPONSE, through `decide_admitted` like the rest.
+
+Bounds on what a client can make this process hold, in bytes or in count:
+one message at most MAX_MESSAGE_BYTES, every message being received at most
+MAX_BUFFERED_BYTES together (the call that would pass either is refused),
+header blocks at most MAX_HEADER_LIST_BYTES decoded and 4 CONTINUATION frames
+of at most 16 KiB (HTTP/2's default frame size, advertised) while they arrive,
+MAX_CONCURRENT_STREAMS open streams a connection, MAX_CONNECTIONS connections,
+and a connection whose peer stops reading is not read either once
+WRITE_BUFFER_HIGH bytes wait for it (a ping flood cannot grow the write
+buffer). A connection so holds at most ~0.2 MiB (header frames, one partial
+frame, its write buffer and the answers to one read), and `h2` bounds the
+closed streams it remembers. Pings are answered, not rate-limited: a flood
+costs CPU, not memory.
+
+SIGTERM (`drain`): the listener closes, every connection gets GOAWAY
+(last stream 2^31-1 with a PING, then, once the PING returns, the last stream
+actually seen, as grpc-core does), calls already received are finished, and
+connections close when idle or when the grace period ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.frame_buffer
+import h2.settings
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
+from hyperframe.frame import GoAwayFrame
+
+from authz_server.transport.admission import Admission
+from authz_server.transport.callers import XFCC_METADATA
+from authz_server.transport.grpc_server import (
+    AUTHORIZATION_SERVICE,
+    MAX_MESSAGE_BYTES,
+    NOT_READY,
+    AuthorizerSlot,
+    CheckRefused,
+    decide_admitted,
+)
+from authz_server.transport.unix_socket import allow_group, socket_path
+
+log = logging.getLogger("authz_server.transport.h2")
+
+CHECK_PATH = f"/{AUTHORIZATION_SERVICE}/Check".encode()
+HEALTH_SERVICE = "grpc.health.v1.Health"
+HEALTH_CHECK_PATH = f"/{HEALTH_SERVICE}/Check".encode()
+HEALTH_WATCH_PATH = f"/{HEALTH_SERVICE}/Watch".encode()
+_PATHS = (CHECK_PATH, HEALTH_CHECK_PATH, HEALTH_WATCH_PATH)
+
+MAX_HEADER_LIST_BYTES = 16 * 1024
+"""Decoded header block of one request (grpc-core's default cap is 8 KiB); an XFCC with a chain is a few KiB."""
+_CONTINUATION_FRAMES = 4
+"""h2 holds a header block's frames until its last one arrives, by default up to 64 CONTINUATIONs of 16 KiB: 1 MiB
+a connection. A block within MAX_HEADER_LIST_BYTES fits in a HEADERS frame and one CONTINUATION when the sender
+fills its frames; 4 leaves room for one that does not, and bounds what a connection holds there at 64 KiB."""
+MAX_CONCURRENT_STREAMS = 1024
+"""Advertised per connection. Envoy opens another connection past it rather than fail a call; admission refuses
+calls well before it (max_in_flight + max_queued for the whole process)."""
+MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+"""Every partly received message of the process together: eight of the largest a call may send."""
+MAX_CONNECTIONS = 1024
+WRITE_BUFFER_HIGH = 64 * 1024
+"""A connection stops being read while this much waits to be written to its peer (an answer is ~0.6 KiB)."""
+_LAST_STREAM_ID = 2**31 - 1
+
+# h2 reads this module constant on every CONTINUATION frame; it has no setting for it.
+h2.frame_buffer.CONTINUATION_BACKLOG = _CONTINUATION_FRAMES
+_GRPC_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
+_OK_TRAILERS = ((b"grpc-status", b"0"),)
+_FRAME_HEADER = 5
+_XFCC = XFCC_METADATA.encode()
+Trailers = list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
+
+
+def parse_grpc_timeout(value: bytes) -> float | None:
+    """Seconds from a `grpc-timeout` value (1-8 digits and a unit), or None when it does not parse."""
+    digits, unit = value[:-1], value[-1:]
+    if not 0 < len(digits) <= 8 or not digits.isdigit() or unit not in _GRPC_TIMEOUT_UNITS:
+        return None
+    return int(digits) * _GRPC_TIMEOUT_UNITS[unit]
+
+
+def _percent_encode(message: str) -> bytes:
+    """grpc-message is percent-encoded UTF-8 (the gRPC HTTP/2 spec), so any text survives the header."""
+    out = bytearray()
+    for byte in message.encode("utf-8", "replace"):
+        out += bytes((byte,)) if 0x20 <= byte <= 0x7E and byte != 0x25 else b"%%%02X" % byte
+    return bytes(out)
+
+
+def _status_trailers(code: grpc.StatusCode, message: str) -> list[tuple[bytes, bytes]]:
+    return [(b"grpc-status", str(code.value[0]).encode()), (b"grpc-message", _percent_encode(message))]
+
+
+Watcher = Callable[[int], None]
+
+
+class HealthStatus:
+    """grpc.health.v1 status by service name; `set` has the signature HealthReporter calls (from any thread)."""
+
+    def __init__(self, services: tuple[str, ...]) -> None:
+        self._status = dict.fromkeys(services, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._watchers: dict[str, set[Watcher]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The loop the watchers live on, once the server listens."""
+
+    def set(self, service: str, status: int) -> None:
+        changed = self._status.get(service) != status
+        self._status[service] = status
+        if not changed or not self._watchers.get(service) or self.loop is None:
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self.loop:
+            # At once: on SIGTERM the drain that ends every Watch follows in the same callback.
+            self._notify(service, status)
+        else:
+            self.loop.call_soon_threadsafe(self._notify, service, status)
+
+    def _notify(self, service: str, status: int) -> None:
+        for watcher in list(self._watchers.get(service, ())):
+            watcher(status)
+
+    def watch(self, service: str, watcher: Watcher) -> int:
+        """Call `watcher` with each new status of `service`; the status now (SERVICE_UNKNOWN for an unknown one)."""
+        self._watchers.setdefault(service, set()).add(watcher)
+        status: int = self._status.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        return status
+
+    def unwatch(self, service: str, watcher: Watcher) -> None:
+        self._watchers.get(service, set()).discard(watcher)
+
+    @staticmethod
+    def service(data: bytes) -> str:
+        try:
+            name: str = health_pb2.HealthCheckRequest.FromString(data).service
+        except DecodeError:
+            raise CheckRefused(grpc.StatusCode.INVALID_ARGUMENT, "HealthCheckRequest does not parse") from None
+        return name
+
+    def answer(self, data: bytes) -> bytes:
+        service = self.service(data)
+        status = self._status.get(service)
+        if status is None:
+            raise CheckRefused(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
+        return health_message(status)
+
+
+def health_message(status: int) -> bytes:
+    reply: bytes = health_pb2.HealthCheckResponse(status=status).SerializeToString()
+    return reply
+
+
+@dataclass
+class _Stream:
+    path: bytes
+    deadline: float | None
+    metadata: list[tuple[str, str]]
+    body: list[bytes] = field(default_factory=list)
+    size: int = 0
+    answering: bool = False
+
+
+Check = Callable[[bytes, float | None, list[tuple[str, str]]], bytes]
+"""(serialized CheckRequest, seconds to its deadline or None, the call's XFCC metadata) -> serialized response;
+raises CheckRefused for an answer that is a gRPC error."""
+
+
+def authorizer_check(slot: AuthorizerSlot, admission: Admission) -> Check:
+    """The decision path behind Check, the same one the grpc transports call."""
+
+    def check(data: bytes, remaining: float | None, metadata: list[tuple[str, str]]) -> bytes:
+        authorizer = slot.authorizer
+        if authorizer is None:
+            raise CheckRefused(grpc.StatusCode.UNAVAILABLE, NOT_READY)
+        return decide_admitted(authorizer, admission, data, remaining, slot.callers, metadata)
+
+    return check
+
+
+class H2Server:
+    """The process's listener, its connections and the bounds they share."""
+
+    def __init__(self, check: Check, max_open: int) -> None:
+        self.check = check
+        self.health = HealthStatus(("", AUTHORIZATION_SERVICE))
+        self.max_open = max_open
+        """Calls received and not yet answered, for the whole process; past it a new call is refused."""
+        self.open_calls = 0
+        self.buffered = 0
+        self.connections: set[_Connection] = set()
+        self.draining = False
+        self._listener: asyncio.AbstractServer | None = None
+        self._socket_path: str | None = None
+        self._settings: dict[h2.settings.SettingCodes | int, int] = {
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES,
+        }
+        # What this server sends is its own constants (and a percent-encoded grpc-message): h2's checks of outbound
+        # headers cost 20% of the always-allow floor's CPU per check (165 -> 131 µs, h2load, 4 interleaved rounds).
+        # Inbound headers, the client's, are still validated.
+        self._config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+
+    async def listen(self, listen: str) -> int:
+        """Listen on HOST:PORT (returns the port) or unix:/PATH (returns 1, as the grpc transports do)."""
+        loop = asyncio.get_running_loop()
+        self.health.loop = loop
+        path = socket_path(listen)
+        if path is not None:
+            self._listener = await loop.create_unix_server(self._connection, path)
+            self._socket_path = path
+            allow_group(path)
+            return 1
+        host, _, port = listen.rpartition(":")
+        self._listener = await loop.create_server(
+            self._connection, host.strip("[]") or None, int(port), reuse_port=True, backlog=1024
+        )
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    def _connection(self) -> _Connection:
+        return _Connection(self)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop listening, GOAWAY every connection, finish the calls received, close within `grace_s`."""
+        self.draining = True
+        if self._listener is not None:
+            self._listener.close()
+        for connection in list(self.connections):
+            connection.goaway()
+        deadline = time.monotonic() + grace_s
+        while any(c.busy() for c in self.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            connection.close()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+        if self._socket_path is not None:
+            # As grpc-core does on stop: the next server on this volume finds no leftover to probe.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._socket_path)
+
+    # --- the calls -------------------------------------------------------------------------
+
+    def answer(self, stream: _Stream, message: bytes) -> bytes:
+        if stream.path == CHECK_PATH:
+            remaining = None if stream.deadline is None else stream.deadline - time.monotonic()
+            return self.check(message, remaining, stream.metadata)
+        return self.health.answer(message)
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/2 connection: h2 events in, answers out, one write per read."""
+
+    def __init__(self, server: H2Server) -> None:
+        self.server = server
+        self.h2 = h2.connection.H2Connection(server._config)
+        self.streams: dict[int, _Stream] = {}
+        self.pending: dict[int, tuple[bytes, Trailers | None]] = {}
+        """Answers waiting for the peer's flow-control window: the rest of the body, the trailers (None: a Watch,
+        the stream stays open)."""
+        self.watches: dict[int, tuple[str, Watcher]] = {}
+        self.transport: asyncio.Transport | None = None
+        self._goaway_ping: bytes | None = None
+        self._goaway_seen = False
+        self._closing = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = typing.cast(asyncio.Transport, transport)
+        self.transport = transport
+        if len(self.server.connections) >= MAX_CONNECTIONS or self.server.draining:
+            transport.abort()
+            return
+        self.server.connections.add(self)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.h2.local_settings.update(self.server._settings)
+        self.h2.initiate_connection()
+        transport.write(self.h2.data_to_send())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        for stream_id in list(self.streams):
+            self._forget(stream_id)
+        for stream_id in list(self.watches):
+            self._unwatch(stream_id)
+        self.pending.clear()
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        # One clock read for every call these bytes carried: their deadlines count from here.
+        arrived = time.monotonic()
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.debug("HTTP/2 protocol error from a client: %s", exc)
+            self._flush()
+            self.close()
+            return
+        try:
+            for event in events:
+                kind = type(event)
+                if kind is h2.events.RequestReceived:
+                    self._request(event, arrived)  # type: ignore[arg-type]
+                elif kind is h2.events.DataReceived:
+                    self._data(event)  # type: ignore[arg-type]
+                elif kind is h2.events.StreamEnded:
+                    self._ended(event.stream_id)  # type: ignore[attr-defined]
+                elif kind is h2.events.StreamReset:
+                    self._forget(event.stream_id)  # type: ignore[attr-defined]
+                    self._unwatch(event.stream_id)  # type: ignore[attr-defined]
+                    self.pending.pop(event.stream_id, None)  # type: ignore[attr-defined]
+                elif kind is h2.events.WindowUpdated:
+                    self._send_pending()
+                elif kind is h2.events.PingAckReceived:
+                    if event.ping_data == self._goaway_ping:  # type: ignore[attr-defined]
+                        self._final_goaway()
+                elif kind is h2.events.ConnectionTerminated:
+                    self._flush()
+                    self.close()
+                    return
+        except h2.exceptions.H2Error as exc:
+            # A state the peer drove h2 into mid-batch (a frame for a stream it had already reset, say): this
+            # connection ends, the process and every other connection carry on.
+            log.debug("HTTP/2 connection closed after an error: %s", exc)
+            self._flush()
+            self.close()
+            return
+        self._flush()
+        if self._closing and not self.busy():
+            self.close()
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _request(self, event: h2.events.RequestReceived, arrived: float) -> None:
+        stream_id = event.stream_id
+        path = b""
+        method = content_type = timeout = b""
+        metadata: list[tuple[str, str]] = []
+        for name, value in event.headers or ():
+            if name == b":path":
+                path = value
+            elif name == b":method":
+                method = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = value
+            elif name == _XFCC:
+                metadata.append((XFCC_METADATA, value.decode("latin-1")))
+        if method != b"POST" or not content_type.startswith(b"application/grpc"):
+            # Not gRPC at all: HTTP's own answer, as grpc-core gives (415 for a wrong content type).
+            status = b"405" if method != b"POST" else b"415"
+            self.h2.send_headers(stream_id, ((b":status", status),), end_stream=True)
+            self._reset_if_open(stream_id)
+            return
+        if path not in _PATHS:
+            self._refuse(stream_id, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}")
+            return
+        if self.server.open_calls >= self.server.max_open:
+            self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
+            return
+        seconds = parse_grpc_timeout(timeout) if timeout else None
+        self.streams[stream_id] = _Stream(path, None if seconds is None else arrived + seconds, metadata)
+        self.server.open_calls += 1
+
+    def _data(self, event: h2.events.DataReceived) -> None:
+        stream_id = event.stream_id
+        # The window is handed back at once: what a call may buffer is bounded below, not by flow control.
+        self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        stream = self.streams.get(stream_id)
+        if stream is None or not event.data:
+            return
+        size = len(event.data)
+        if stream.size + size > MAX_MESSAGE_BYTES + _FRAME_HEADER:
+            self._forget(stream_id)
+            self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, f"message larger than {MAX_MESSAGE_BYTES}")
+            return
+        if self.server.buffered + size > MAX_BUFFERED_BYTES:
+            self._forget(stream_id)
+            self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "server is receiving too much at once")
+            return
+        stream.body.append(event.data)
+        stream.size += size
+        self.server.buffered += size
+
+    def _ended(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.answering:
+            return
+        stream.answering = True
+        body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
+        self.server.buffered -= stream.size
+        stream.body, stream.size = [], 0
+        if stream.path == HEALTH_WATCH_PATH:
+            self._watch(stream_id, body)
+            return
+        try:
+            reply = self.server.answer(stream, _unframe(body))
+        except CheckRefused as refused:
+            self._forget(stream_id)
+            self._refuse(stream_id, refused.code, str(refused))
+            return
+        except Exception:
+            log.exception("a call failed")
+            self._forget(stream_id)
+            self._refuse(stream_id, grpc.StatusCode.INTERNAL, "internal error")
+            return
+        try:
+            self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
+            self.pending[stream_id] = (_frame(reply), _OK_TRAILERS)
+            self._send(stream_id)
+        except h2.exceptions.StreamClosedError:
+            # The client reset the call while it was decided: the answer has nowhere to go.
+            self.pending.pop(stream_id, None)
+            self._forget(stream_id)
+
+    def _watch(self, stream_id: int, body: bytes) -> None:
+        """Health/Watch: the status now, then one message per change; the call no longer counts as in flight."""
+        self._forget(stream_id)
+        try:
+            service = HealthStatus.service(_unframe(body))
+        except CheckRefused as refused:
+            self._refuse(stream_id, refused.code, str(refused))
+            return
+
+        def push(status: int) -> None:
+            if stream_id in self.watches:
+                # Behind what the peer's window still holds back, if anything: a status change is a few bytes.
+                waiting = self.pending.get(stream_id, (b"", None))[0]
+                self.pending[stream_id] = (waiting + _frame(health_message(status)), None)
+                self._send(stream_id)
+                self._flush()
+
+        self.watches[stream_id] = (service, push)
+        status = self.server.health.watch(service, push)
+        self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
+        self.pending[stream_id] = (_frame(health_message(status)), None)
+        self._send(stream_id)
+
+    def _unwatch(self, stream_id: int) -> None:
+        watching = self.watches.pop(stream_id, None)
+        if watching is not None:
+            self.server.health.unwatch(*watching)
+
+    def _end_watches(self) -> None:
+        for stream_id in list(self.watches):
+            self._unwatch(stream_id)
+            self.pending.pop(stream_id, None)
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.send_headers(stream_id, _OK_TRAILERS, end_stream=True)
+
+    # --- answers -----------------------------------------------------------------------------
+
+    def _send(self, stream_id: int) -> None:
+        """Send as much of a pending answer as the peer's window allows; the trailers once the body is out."""
+        body, trailers = self.pending[stream_id]
+        while body:
+            window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
+            if window <= 0:
+                self.pending[stream_id] = (body, trailers)
+                return
+            self.h2.send_data(stream_id, body[:window])
+            body = body[window:]
+        del self.pending[stream_id]
+        if trailers is not None:
+            self.h2.send_headers(stream_id, trailers, end_stream=True)
+            self._forget(stream_id)
+
+    def _send_pending(self) -> None:
+        for stream_id in list(self.pending):
+            try:
+                self._send(stream_id)
+            except h2.exceptions.StreamClosedError:
+                self.pending.pop(stream_id, None)
+                self._forget(stream_id)
+                self._unwatch(stream_id)
+
+    def _refuse(self, stream_id: int, code: grpc.StatusCode, message: str) -> None:
+        """A trailers-only answer with a gRPC status; the stream is reset if the client is still sending."""
+        try:
+            self.h2.send_headers(stream_id, [*_RESPONSE_HEADERS, *_status_trailers(code, message)], end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._reset_if_open(stream_id)
+
+    def _reset_if_open(self, stream_id: int) -> None:
+        stream = self.h2.streams.get(stream_id)
+        if stream is not None and not stream.closed:
+            # The client is still sending a body nobody will read: NO_ERROR tells it the answer is complete.
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def _forget(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            self.server.open_calls -= 1
+            self.server.buffered -= stream.size
+            stream.size = 0
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # --- shutting down ------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        """Calls to finish, or a GOAWAY the peer has not confirmed: calls it sent before seeing it may still come."""
+        return bool(self.streams or self.pending) or (self._closing and not self._goaway_seen)
+
+    def goaway(self) -> None:
+        """First GOAWAY of a graceful close: no new streams please, and a PING to learn when the peer has seen it.
+
+        Written around h2 on purpose: h2 stops processing every frame once it has sent GOAWAY itself, and the
+        calls already on the way must still be answered."""
+        if self.transport is None or self._closing:
+            return
+        self._closing = True
+        self._end_watches()
+        self._goaway_ping = b"drain\x00\x00\x00"
+        self._write_goaway(_LAST_STREAM_ID)
+        self.h2.ping(self._goaway_ping)
+        self._flush()
+
+    def _final_goaway(self) -> None:
+        # The PING came back: everything the peer sent before it saw the first GOAWAY has arrived.
+        self._goaway_seen = True
+        self._write_goaway(self.h2.highest_inbound_stream_id)
+
+    def _write_goaway(self, last_stream_id: int) -> None:
+        self._flush()
+        frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame.serialize())
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def _unframe(body: bytes) -> bytes:
+    """The message of a unary request: one uncompressed gRPC frame, nothing before or after it."""
+    if len(body) < _FRAME_HEADER:
+        raise CheckRefused(grpc.StatusCode.INVALID_ARGUMENT, "request is not one gRPC message")
+    if body[0] != 0:
+        raise CheckRefused(grpc.StatusCode.UNIMPLEMENTED, "compressed requests are not accepted")
+    length = int.from_bytes(body[1:5], "big")
+    if length != len(body) - _FRAME_HEADER:
+        raise CheckRefused(grpc.StatusCode.INVALID_ARGUMENT, "request is not one gRPC message")
+    return body[_FRAME_HEADER:]

@@ -1,0 +1,306 @@
+"""What any gRPC client, or a hostile one speaking raw HTTP/2, gets from the real server on each transport.
+
+The grpc transports get their HTTP/2 from gRPC's C core; the `h2` transport writes its own gRPC layer over the h2
+library, so the raw HTTP/2 cases (a call in flight across SIGTERM, too many calls at once, an oversized header
+block) are asserted against it frame by frame.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz_server.dev.mesh import free_port
+from authz_server.transport.h2_server import parse_grpc_timeout
+from tests.ops.ops_support import CHECKOUT, Workspace
+from tests.ops.test_server_ops import server, stop, wait_for
+
+CHECK = "/envoy.service.auth.v3.Authorization/Check"
+
+
+def _ready(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            external_auth_pb2_grpc.AuthorizationStub(channel).Check(external_auth_pb2.CheckRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+    return True
+
+
+@dataclass
+class Running:
+    workspace: Workspace
+    port: int
+    process: subprocess.Popen[bytes]
+    tmp_path: Path
+
+
+@contextmanager
+def _serve(tmp_path: Path, transport: str, **admission: int) -> Iterator[Running]:
+    workspace = Workspace(tmp_path)
+    port = free_port()
+    config = workspace.server_config(
+        listen=f"127.0.0.1:{port}", transport=transport, log={"decisions": "off"}, admission=admission
+    )
+    with server(workspace, tmp_path, config) as process:
+        wait_for(lambda: _ready(port), 60, "the server serving", process, tmp_path)
+        yield Running(workspace, port, process, tmp_path)
+        if process.poll() is None:
+            assert stop(process) == 0
+
+
+@pytest.fixture(params=["aio", "sync", "h2"])
+def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
+    with _serve(tmp_path, request.param) as started:
+        yield started
+
+
+def test_an_unknown_method_gets_unimplemented(running: Running) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        call = channel.unary_unary("/envoy.service.auth.v3.Authorization/Nope")
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"", timeout=5)
+    assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_message_over_4_mib_is_refused_and_the_server_keeps_answering(running: Running) -> None:
+    request = running.workspace.request(CHECKOUT, "POST", "/v1/charges")
+    with grpc.insecure_channel(
+        f"127.0.0.1:{running.port}", options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
+    ) as channel:
+        call = channel.unary_unary(CHECK)
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"\x0a" + b"\xff" * (5 * 1024 * 1024), timeout=20)
+        assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(request, timeout=10)
+    assert reply.status.code == 0
+
+
+def test_h2_health_watch_reports_serving_then_not_serving_on_sigterm(tmp_path: Path) -> None:
+    # The aio transport cancels a Watch at SIGTERM before grpcio's servicer has sent NOT_SERVING to it.
+    with _serve(tmp_path, "h2") as running, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        unknown = stub.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        unknown.cancel()
+        watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=20)
+        statuses = [next(watch).status]
+        assert statuses == [health_pb2.HealthCheckResponse.SERVING]
+        running.process.send_signal(signal.SIGTERM)
+        statuses += [reply.status for reply in watch]  # then the stream ends with OK
+        assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert running.process.wait(timeout=30) == 0
+
+
+def test_grpc_timeout_values_read_as_seconds() -> None:
+    assert parse_grpc_timeout(b"250m") == pytest.approx(0.25)
+    assert parse_grpc_timeout(b"2S") == 2.0
+    assert parse_grpc_timeout(b"99999999n") == pytest.approx(0.099999999)
+    assert parse_grpc_timeout(b"1H") == 3600.0
+    for bad in (b"", b"m", b"123456789m", b"12x", b"-1S", b"1.5S"):
+        assert parse_grpc_timeout(bad) is None, bad
+
+
+# --- raw HTTP/2 against the h2 transport ---------------------------------------------------------------------
+
+
+class RawClient:
+    """An HTTP/2 client made of the h2 library and a blocking socket: it sends exactly the frames a test says."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.events: list[h2.events.Event] = []
+        self.flush()
+
+    def flush(self) -> None:
+        self.sock.sendall(self.h2.data_to_send())
+
+    def open(self, path: str = CHECK, extra: tuple[tuple[str, str], ...] = ()) -> int:
+        stream_id: int = self.h2.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "authz"),
+                   ("content-type", "application/grpc"), ("te", "trailers"), *extra]  # fmt: skip
+        self.h2.send_headers(stream_id, headers)
+        self.flush()
+        return stream_id
+
+    def send(self, stream_id: int, data: bytes, end: bool) -> None:
+        self.h2.send_data(stream_id, data, end_stream=end)
+        self.flush()
+
+    def read_until(self, done: type[h2.events.Event] | int, timeout_s: float = 10) -> list[h2.events.Event]:
+        """Read until an event of type `done` arrives, or the stream numbered `done` ends; every event read so far."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(_done(event, done) for event in self.events):
+                return self.events
+            data = self.sock.recv(65536)
+            if not data:
+                return self.events
+            self.events += self.h2.receive_data(data)
+            self.flush()
+        raise AssertionError(f"no {done} within {timeout_s}s: {self.events}")
+
+    def trailers(self, stream_id: int) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        for event in self.events:
+            headers = isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived)
+            if headers and event.stream_id == stream_id:  # type: ignore[attr-defined]
+                found.update(dict(event.headers or ()))  # type: ignore[attr-defined]
+        return found
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _done(event: h2.events.Event, done: type[h2.events.Event] | int) -> bool:
+    if isinstance(done, int):
+        return isinstance(event, h2.events.StreamEnded | h2.events.StreamReset) and event.stream_id == done
+    return isinstance(event, done)
+
+
+def _framed(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def raw_frames(sock: socket.socket, timeout_s: float = 10) -> Iterator[Frame]:
+    """Frames as they arrive, parsed without a connection state machine (h2's refuses every frame after GOAWAY)."""
+    buffer = b""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        while len(buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+            if len(buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(buffer[9 : 9 + length]))
+            buffer = buffer[9 + length :]
+            yield frame
+        data = sock.recv(65536)
+        if not data:
+            return
+        buffer += data
+
+
+def test_h2_a_call_in_flight_at_sigterm_is_answered_after_goaway(tmp_path: Path) -> None:
+    with _serve(tmp_path, "h2") as running:
+        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
+        client = RawClient(running.port)
+        try:
+            client.read_until(h2.events.RemoteSettingsChanged)
+            stream_id = client.open()
+            client.send(stream_id, body[:100], end=False)
+            running.process.send_signal(signal.SIGTERM)
+            frames = raw_frames(client.sock)
+            goaway = next(f for f in frames if isinstance(f, GoAwayFrame))
+            assert goaway.last_stream_id >= stream_id  # this call was seen: it will be answered, not dropped
+            # The listener is closed: a new connection is refused.
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", running.port), timeout=2).recv(1)
+            client.send(stream_id, body[100:], end=True)
+            trailers: dict[bytes, bytes] = {}
+            got_data = False
+            for frame in frames:
+                if isinstance(frame, HeadersFrame) and frame.stream_id == stream_id:
+                    trailers.update(dict(client.h2.decoder.decode(frame.data, raw=True)))
+                    if "END_STREAM" in frame.flags:
+                        break
+                got_data = got_data or (isinstance(frame, DataFrame) and frame.stream_id == stream_id)
+            assert got_data and trailers[b"grpc-status"] == b"0", trailers
+        finally:
+            client.close()
+        assert running.process.wait(timeout=30) == 0
+
+
+def test_h2_calls_past_the_admission_bound_are_refused_before_their_body(tmp_path: Path) -> None:
+    with _serve(tmp_path, "h2", max_in_flight=1, max_queued=1) as running:
+        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
+        client = RawClient(running.port)
+        try:
+            held = [client.open(), client.open()]  # bodies not sent yet: both count as in flight
+            third = client.open()
+            client.read_until(third)
+            exhausted = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
+            assert client.trailers(third)[b"grpc-status"] == exhausted
+            for stream_id in held:
+                client.send(stream_id, body, end=True)
+                client.read_until(stream_id)
+                assert client.trailers(stream_id)[b"grpc-status"] == b"0"
+            fourth = client.open()  # the held calls were answered: there is room again
+            client.send(fourth, body, end=True)
+            client.read_until(fourth)
+            assert client.trailers(fourth)[b"grpc-status"] == b"0"
+        finally:
+            client.close()
+
+
+def test_h2_an_oversized_header_block_closes_only_that_connection(tmp_path: Path) -> None:
+    with _serve(tmp_path, "h2") as running:
+        client = RawClient(running.port)
+        try:
+            client.open(extra=tuple((f"x-pad-{i}", "v" * 1000) for i in range(80)))  # 80 KB of headers, over 64 KiB
+            events = client.read_until(h2.events.ConnectionTerminated)
+            assert any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+        finally:
+            client.close()
+        assert _ready(running.port)
+
+
+def _send_flow_controlled(client: RawClient, stream_id: int, data: bytes) -> list[h2.events.Event]:
+    """Send `data` on a stream as the server's flow-control windows allow; the events read meanwhile."""
+    while data:
+        window = min(client.h2.local_flow_control_window(stream_id), client.h2.max_outbound_frame_size)
+        if window <= 0:
+            received = client.sock.recv(65536)
+            if not received:
+                break
+            client.events += client.h2.receive_data(received)
+            client.flush()
+            if any(isinstance(e, h2.events.StreamReset | h2.events.StreamEnded) and e.stream_id == stream_id
+                   for e in client.events):  # fmt: skip
+                break
+            continue
+        client.h2.send_data(stream_id, data[:window])
+        client.flush()
+        data = data[window:]
+    return client.events
+
+
+def test_h2_messages_being_received_are_bounded_in_bytes_for_the_whole_process(tmp_path: Path) -> None:
+    # Eight 4 MiB messages fill the 32 MiB budget; a ninth is refused before it is buffered. Twice: a budget that
+    # answered calls did not give back exactly would let the second round through.
+    with _serve(tmp_path, "h2", max_in_flight=16, max_queued=0) as running:
+        client = RawClient(running.port)
+        try:
+            for _ in range(2):
+                held = [client.open() for _ in range(8)]
+                for stream_id in held:
+                    _send_flow_controlled(client, stream_id, b"\x00" + (4 * 1024 * 1024 - 5).to_bytes(4, "big"))
+                    _send_flow_controlled(client, stream_id, b"\x0a" * (4 * 1024 * 1024 - 10))
+                ninth = client.open()
+                _send_flow_controlled(client, ninth, b"\x0a" * 32 * 1024)
+                client.read_until(ninth)
+                trailers = client.trailers(ninth)
+                assert trailers[b"grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
+                assert trailers[b"grpc-message"] == b"server is receiving too much at once"
+                for stream_id in held:  # the rest of each message: not a CheckRequest, and its memory is released
+                    client.send(stream_id, b"\x0a" * 5, end=True)
+                    client.read_until(stream_id)
+                    assert client.trailers(stream_id)[b"grpc-status"] == b"3"  # INVALID_ARGUMENT
+        finally:
+            client.close()
