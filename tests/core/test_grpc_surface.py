@@ -256,7 +256,7 @@ def test_h2_an_oversized_header_block_closes_only_that_connection(tmp_path: Path
             try:
                 client.open(extra=tuple((f"x-pad-{i}", "v" * 1000) for i in range(80)))  # 80 KB of headers
             except (BrokenPipeError, ConnectionResetError):
-                pass  # closed while the block was still being written (a slow client): the GOAWAY can be lost in the RST
+                pass  # closed while the block was still being written: the GOAWAY can be lost in the RST
             else:
                 events = client.read_until(h2.events.ConnectionTerminated)
                 assert any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
