@@ -276,6 +276,12 @@ _CERT_WINDOW_S = 600.0
 _EDGE_NEW_SCALE = 256.0
 _HOURS_KNOWN = 48
 _MIN_CALLS_FOR_PEAK = 60
+PEAK_HEADROOM = 4.0
+"""`rate_burst` reads a minute against the edge's busiest minute at this hour, or this many times its average
+minute at this hour (+-1 h) when that is more. A short log's busiest minute is a Poisson maximum, 1.5-2x the
+average on a busy edge: a sale, a launch or a failover runs 2-3.5x the usual rate for hours and is not an attack,
+while a script hammering an edge runs 10x and more. On a quiet edge (a call a minute) the busiest minute is
+already several times the average, so the headroom changes nothing there."""
 """An edge without a baseline compares its minute rate with the peak it learned online after this many calls."""
 
 
@@ -499,6 +505,10 @@ class BehaviourState:
         known = baseline.edge(facts.caller, facts.callee)
         known_template = known.templates.get(facts.template) if known is not None else None
         known_method = known_template.methods.get(facts.method) if known_template is not None else None
+        # A template new or young since training (a deploy's `/v2/` routes) is judged on its edge's norms: a few
+        # hours of its own (or none) say nothing about its busy hours (baseline.SETTLED_S).
+        unsettled = known is not None and (known_template is None or facts.template in known.young)
+        edge_method = known.methods.get(facts.method) if unsettled and known is not None else None
         per_day = baseline.per_day
 
         edge_novelty = 0.0 if known is not None else _EDGE_NEW_SCALE / (_EDGE_NEW_SCALE + learned)
@@ -508,6 +518,8 @@ class BehaviourState:
         method_day = (known_method.calls * per_day if known_method is not None else 0.0) + 24.0 * online_method
         route_unusual = _ratio_bits(edge_day, template_day) if edge_day > 0 else 0.0
         method_unusual = _ratio_bits(template_day, method_day) if template_day > 0 else 0.0
+        if unsettled and known is not None:  # the method's share of the edge, when that is the smaller surprise
+            method_unusual = min(method_unusual, _ratio_bits(known.calls, edge_method.calls if edge_method else 0))
 
         total = learned
         if known is not None:
@@ -519,14 +531,19 @@ class BehaviourState:
         if known is not None:
             peak = known.minute_max
             busiest = float(max(peak[hour - 1], peak[hour], peak[later])) or known.busiest_minute
+            hourly = known.hours
+            usual = max(hourly[hour - 1], hourly[hour], hourly[later]) or max(hourly)
+            headroom = PEAK_HEADROOM * usual * per_day / 60.0
+            if headroom > busiest:
+                busiest = headroom
         else:
             busiest = online_peak
         rate_burst = _ratio_bits(activity.calls_minute, busiest) if busiest >= 0 else 0.0
 
-        # Ids against the template's baseline; a template new since training against its edge's others; an edge
-        # new since training is neutral here (it is novel: `edge_novelty` speaks); with no baseline at all (the
-        # bundled model) the counts themselves, which its calibration saw across many sites.
-        ids_usual: TemplateBaseline | EdgeBaseline | None = known_template or known
+        # Ids against the template's baseline; a template new or young since training against its edge's most; an
+        # edge new since training is neutral here (it is novel: `edge_novelty` speaks); with no baseline at all
+        # (the bundled model) the counts themselves, which its calibration saw across many sites.
+        ids_usual: TemplateBaseline | EdgeBaseline | None = known if unsettled else known_template
         if ids_usual is not None:
             ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short)
             ids_long = _ratio_bits(activity.ids_long, ids_usual.ids_long)
@@ -541,6 +558,8 @@ class BehaviourState:
         size_unusual = 0.0
         if facts.size >= 0:
             usual = known_method.size if known_method is not None else -1
+            if edge_method is not None and edge_method.size > usual:
+                usual = edge_method.size
             if usual < 0:
                 usual = online_size
             if usual >= 0:
