@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import re
 import threading
 import zlib
 from array import array
@@ -104,8 +105,8 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "id_walk",
-        "log2((length of the walk this id continues + 1) / (the baseline's longest + 1)); a walk: numeric ids one "
-        "stride (1-8) apart, again and again",
+        "log2((length of the walk this id continues + 1) / (the baseline's longest + 1)); a walk: numeric ids going "
+        "one way by a stride (1-8), skipping at most 7 strides at a time",
         16.0,
         1.0,
     ),
@@ -255,8 +256,16 @@ def subnets(address: str) -> tuple[str, str]:
 
 
 _DIGITS_MAX = 15
+_SLUG_DIGITS = 3
+"""The digit run a slug id must end in to count as a number: the run `routes.fold` needs to call a slug an id."""
+_DIGEST = re.compile(r"[0-9a-fA-F]{8,}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _WALK_STEP = 8
 """Ids at most this far apart continue a walk: enumeration by +1 (or by a small stride, or skipping gaps)."""
+_WALK_GAP = 8
+"""A walk goes on across a step of up to this many strides in its direction: enumeration skips ids that do not exist
+(deleted rows, a sparse key space, an attacker jittering its pace), and one skipped id must not reset the run to 0.
+Ordinary reads of a popular id range continue a walk by chance more often with it; the baseline's longest walk per
+template, measured with the same rule, absorbs that."""
 _WALK_HEADS = 4
 _WALK_IDLE_S = 3600.0
 """A walk not extended for this long is over: low-and-slow enumeration at one id a minute keeps its walk."""
@@ -288,12 +297,17 @@ def _distinct(bits: int, width: int) -> float:
 
 
 def _numeric(identifier: str) -> int | None:
-    """The id as a number when it is one (or ends in one, like `SKU-01234`), for walks; else None."""
+    """The id as a number when it is one, or ends in a run of three or more digits after a prefix (`SKU-01234`,
+    `inv_000187`): what an enumeration can count up. A hexadecimal digest or a UUID is None although it often ends
+    in digits: those are a random tail (a digest ends in two or more digits one time in five), and walks over them
+    would be chance, raising the baseline's longest walk for every route that uses digests."""
+    if identifier.isdigit():
+        return int(identifier) if len(identifier) <= _DIGITS_MAX else None
     end = len(identifier)
     start = end
     while start > 0 and identifier[start - 1].isdigit():
         start -= 1
-    if start == end or end - start > _DIGITS_MAX:
+    if end - start < _SLUG_DIGITS or end - start > _DIGITS_MAX or _DIGEST.fullmatch(identifier):
         return None
     return int(identifier[start:end])
 
@@ -582,8 +596,8 @@ class BehaviourState:
             if template is None and len(templates) < _MAX_TEMPLATES:
                 template = templates[facts.template] = _Template()
             if template is not None and facts.last_id:
+                _walk(template, facts, True)  # before the id is counted: a walk takes only ids not seen lately
                 _count_id(template, facts, self.window_s)
-                _walk(template, facts, True)
             if facts.certificate:
                 self._seen_from(facts)
 
@@ -669,27 +683,53 @@ def _count_id(template: _Template, facts: CallFacts, window_s: float) -> None:
     template.long_bits |= 1 << (zlib.crc32(encoded) % _LONG_BITS)
 
 
+def _seen_lately(template: _Template, facts: CallFacts) -> bool:
+    """Whether the template's long window (the last 1-2 hours) already holds this id (or, one time in a bitmap's fill
+    share, another id with the same bit). Popular ids come back all the time, and chance walks through a popular
+    range (ids 1-50 of a shop's products) would otherwise set a busy template's longest walk; an enumeration touches
+    each id once, so skipping the odd id that shares a bit costs it one step, which the gap tolerance bridges."""
+    hour = int(facts.ts // _LONG_WINDOW_S)
+    if hour == template.long_bucket:
+        bits = template.long_bits | template.long_prev
+    elif hour == template.long_bucket + 1:
+        bits = template.long_bits
+    else:
+        return False
+    return bool(bits >> (zlib.crc32(facts.last_id.encode()) % _LONG_BITS) & 1)
+
+
 def _walk(template: _Template, facts: CallFacts, learn: bool) -> int:
     """The length of the walk this id continues (0: none); with `learn`, extend it or start one.
 
-    A walk's first step may be any stride up to _WALK_STEP, every later step must repeat it exactly (enumeration
-    goes +1, +1, ...): random ids from a small set of 100 land one stride further on about 1 call in 100, so
-    ordinary traffic makes short walks, and one id a minute for an hour makes a walk of 60. Up to _WALK_HEADS walks
-    are followed at once, the shortest replaced, so interleaved unrelated ids do not break one."""
+    A walk's first step may be any stride up to _WALK_STEP; every later step must go the same way by the stride
+    (the walk grows by one) or by a few strides, at most _WALK_GAP (it goes on, no longer): enumeration goes +1, +1,
+    +3, +1, ..., while random ids that land within reach of a walk are mostly the gap steps, so chance walks
+    through a popular id range stay short and one id a minute for an hour makes a walk of about 60. Ids seen on the
+    template in the last hour or two take no part (`_seen_lately`). Up to _WALK_HEADS walks are followed at once,
+    the shortest replaced, so interleaved unrelated ids do not break one."""
     number = _numeric(facts.last_id)
-    if number is None:
+    if number is None or _seen_lately(template, facts):
         return 0
     ts = facts.ts
     walks = template.walks
     for walk in walks:
-        step = number - walk[0]
+        step = number - int(walk[0])
         if ts - walk[2] > _WALK_IDLE_S or step == 0:
             continue
-        if step == walk[3] or (walk[1] == 0 and abs(step) <= _WALK_STEP):
-            run = int(walk[1]) + 1
-            if learn:
-                walk[0], walk[1], walk[2], walk[3] = number, run, ts, step
-            return run
+        run = int(walk[1])
+        if run == 0:
+            if abs(step) > _WALK_STEP:
+                continue
+            stride = step
+        else:
+            stride = int(walk[3])
+            if step % stride or not 1 <= step // stride <= _WALK_GAP:
+                continue
+        if step == stride:
+            run += 1
+        if learn:
+            walk[0], walk[1], walk[2], walk[3] = number, run, ts, stride
+        return run
     if learn:
         fresh = [float(number), 0.0, ts, 0.0]
         if len(walks) < _WALK_HEADS:
