@@ -60,8 +60,12 @@ class EdgeBaseline:
     busiest_minute: float = field(init=False, default=0.0)
     """The edge's busiest minute at any hour (derived): what a burst at an hour the edge never works is measured
     against, so a single off-hours call is `hour_unusual`'s, not a "burst" against a busiest minute of 0."""
+    methods: frozenset[str] = field(init=False, default=frozenset())
+    """Every method the edge used on any template (derived): an edge that only ever read is told from one that
+    writes (features.py, `method_unusual`)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", frozenset(m for t in self.templates.values() for m in t.methods))
         object.__setattr__(self, "busiest_minute", max(self.minute_max, default=0.0))
         templates = self.templates.values()
         object.__setattr__(self, "ids_short", max((t.ids_short for t in templates), default=0.0))
@@ -74,6 +78,13 @@ class Baseline:
     days: float = 0.0
     edges: dict[str, EdgeBaseline] = field(default_factory=dict)
     known_subnets: dict[str, frozenset[str]] = field(default_factory=dict)
+    prefixes: frozenset[str] = field(init=False, default=frozenset())
+    """The site's address space (derived): every /16 (IPv6 /48) any caller's pods used. An address outside it is
+    not a pod of this mesh (features.py, `source_new`)."""
+
+    def __post_init__(self) -> None:
+        wide = frozenset(n for nets in self.known_subnets.values() for n in nets if n.endswith(("/16", "/48")))
+        object.__setattr__(self, "prefixes", wide)
 
     @property
     def per_day(self) -> float:

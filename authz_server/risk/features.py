@@ -32,6 +32,7 @@ from enum import IntFlag
 from functools import lru_cache
 from typing import TYPE_CHECKING, TypeVar
 
+from authz_server.risk.baseline import EMPTY
 from authz_server.risk.config import RiskConfig
 from authz_server.routes import fold
 
@@ -73,7 +74,12 @@ FEATURES: tuple[Feature, ...] = (
         True,
     ),
     Feature(
-        "method_unusual", "log2((template calls a day + 1) / (calls a day with this method on it + 1))", 24.0, 2.0, True
+        "method_unusual",
+        "log2((template calls a day + 1) / (calls a day with this method on it + 1)); a write (not GET, HEAD, "
+        "OPTIONS, TRACE) on an edge whose baseline only reads: log2(edge calls a day + 1), never learned online",
+        24.0,
+        2.0,
+        True,
     ),
     Feature(
         "hour_unusual",
@@ -126,7 +132,11 @@ FEATURES: tuple[Feature, ...] = (
         True,  # pods rescheduled onto a new node: annotated, learned, never denied on this alone
     ),
     Feature(
-        "serial_multi_source", "other source addresses this certificate was seen from in the last 10 minutes", 3.0, 0.5
+        "serial_multi_source",
+        "when the call comes from an address other than the one this certificate was first seen from (its pod's): "
+        "the other addresses it was seen from (0 for the pod itself)",
+        3.0,
+        0.5,
     ),
     Feature(
         "svid_age", "share of the SVID's lifetime elapsed (0 when unknown): the same for 1 h and 24 h SVIDs", 2.0, 0.1
@@ -281,9 +291,17 @@ _MAX_TEMPLATES = 32
 _MAX_METHODS = 8
 _MAX_SUBNETS = 16
 _MAX_CERT_ADDRESSES = 4
-_CERT_WINDOW_S = 600.0
+_MAX_PREFIXES = 4096
+"""/16s (/48s) remembered as the site's address space, and outside it with their witnesses: 4,096 covers every /16
+of 10.0.0.0/8 sixteen times over (~1 MB at most with three witnesses each)."""
+_SITE_WITNESSES = 3
 _EDGE_NEW_SCALE = 256.0
 _HOURS_KNOWN = 48
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+"""RFC 9110's safe methods: a caller that only uses these reads. Anything else changes the callee's state."""
+_READS_ONLY_CALLS = 50
+"""Calls a baseline edge needs, all safe, to count as a reader: 50 reads and no write put writes under 6% of its
+calls (the rule of three, 95%), where one write among them would be an ordinary, rare method."""
 _MIN_CALLS_FOR_PEAK = 60
 """An edge without a baseline compares its minute rate with the peak it learned online after this many calls."""
 
@@ -413,6 +431,10 @@ class BehaviourState:
         self._edges: OrderedDict[tuple[str, str], _Edge] = OrderedDict()
         self._subnets: OrderedDict[str, dict[str, None]] = OrderedDict()
         self._certificates: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._prefixes: OrderedDict[str, None] = OrderedDict()
+        """The site's address space learned online: /16s (/48s) some caller's pods were learned in."""
+        self._witnesses: OrderedDict[str, dict[str, None]] = OrderedDict()
+        """/16s (/48s) outside it, with the identities that came from there with low risk (fewer than 3)."""
 
     def started_at(self, now: float) -> float:
         """When this state started learning: the first time it was asked (the warm-up shadow counts from it, on
@@ -489,12 +511,16 @@ class BehaviourState:
             template = edge.templates.get(facts.template) if edge is not None else None
             activity = self._activity(edge, template, facts)
             known_subnets = self._subnets.get(facts.caller)
-            has_subnet = known_subnets is not None and _has_subnet(known_subnets, facts.address)
+            narrow, wide = subnets(facts.address)
+            has_subnet = not narrow or (known_subnets is not None and narrow in known_subnets)
+            site = not has_subnet and wide in self._prefixes
             seen_from = self._certificates.get(facts.certificate) if facts.certificate else None
             others = 0
-            if seen_from:
-                horizon = ts - _CERT_WINDOW_S
-                others = sum(1 for address, at in seen_from.items() if at >= horizon and address != facts.address)
+            # The first address a certificate was seen from is its pod's: an SVID is issued to one pod, whose
+            # address does not change while it lives. Any other address is a copy, for as long as the certificate
+            # is remembered (a copy of the SVID the pod rotated away from an hour ago is still a copy).
+            if seen_from and facts.address != next(iter(seen_from)):
+                others = sum(1 for address in seen_from if address != facts.address)
             online_edge = _decayed(edge.rate, edge.rate_at, ts) if edge is not None else 0.0
             online_template = _decayed(template.rate, template.rate_at, ts) if template is not None else 0.0
             method = template.methods.get(facts.method) if template is not None else None
@@ -521,7 +547,14 @@ class BehaviourState:
         template_day = (known_template.calls * per_day if known_template is not None else 0.0) + 24.0 * online_template
         method_day = (known_method.calls * per_day if known_method is not None else 0.0) + 24.0 * online_method
         route_unusual = _ratio_bits(edge_day, template_day) if edge_day > 0 else 0.0
-        method_unusual = _ratio_bits(template_day, method_day) if template_day > 0 else 0.0
+        if known is not None and facts.method not in SAFE_METHODS and _reads_only(known):
+            # A write from a caller that, in the whole site log, only ever read from this callee: judged on the
+            # baseline alone, against the edge's calls. Online learning would make the 2nd..30th DELETE of a
+            # compromised reader look ordinary within minutes; a deploy that gives a reader a write path stays
+            # annotated (never denied: the feature is capped) until the next `model train` sees it.
+            method_unusual = _ratio_bits(known.calls * per_day, 0.0)
+        else:
+            method_unusual = _ratio_bits(template_day, method_day) if template_day > 0 else 0.0
 
         total = learned
         if known is not None:
@@ -562,7 +595,8 @@ class BehaviourState:
 
         source_new = 0.0
         if not has_subnet:
-            source_new = _subnet_novelty(baseline.subnets(facts.caller), known_subnets, facts.address)
+            site = site or wide in baseline.prefixes
+            source_new = _subnet_novelty(baseline.subnets(facts.caller), known_subnets, narrow, wide, site)
 
         svid_age = 0.0
         issued, expires = facts.issued_at, facts.expires_at
@@ -577,8 +611,9 @@ class BehaviourState:
 
     # --- writing --------------------------------------------------------------------------------------------
 
-    def observe(self, facts: CallFacts, learning: Learning) -> None:
-        """Count a call policy let through as recent activity; learn from it what `learning` allows."""
+    def observe(self, facts: CallFacts, learning: Learning, baseline: Baseline = EMPTY) -> None:
+        """Count a call policy let through as recent activity; learn from it what `learning` allows (`baseline`:
+        the model's, which says which address ranges the site's pods use)."""
         ts = facts.ts
         key = (facts.caller, facts.callee)
         with self._lock:
@@ -618,7 +653,7 @@ class BehaviourState:
                 else:
                     method[0] = _decayed(method[0], method[1], ts) + 1.0
                     method[1] = max(ts, method[1])
-            self._learn_subnet(facts)
+            self._learn_subnet(facts, baseline)
 
             if learning is not Learning.EVERYTHING:
                 return
@@ -633,36 +668,58 @@ class BehaviourState:
         if addresses is None:
             addresses = _remember(self._certificates, facts.certificate, {}, self._max_identities)
         addresses[facts.address] = facts.ts
-        if len(addresses) > _MAX_CERT_ADDRESSES:
-            oldest = min(addresses, key=addresses.__getitem__)
+        if len(addresses) > _MAX_CERT_ADDRESSES:  # the owner (first, in insertion order) stays
+            owner = next(iter(addresses))
+            oldest = min((a for a in addresses if a != owner), key=addresses.__getitem__)
             del addresses[oldest]
 
-    def _learn_subnet(self, facts: CallFacts) -> None:
+    def _learn_subnet(self, facts: CallFacts, baseline: Baseline) -> None:
+        """A new /24 (/64) becomes the caller's when it lies in the site's address space (a pod rescheduled onto
+        another node of the mesh) or is the caller's first address. An address outside it is learned only once
+        _SITE_WITNESSES identities came from its /16 (/48) with low risk: a new node pool hosts many workloads,
+        one stolen SVID used from a laptop or another network is one identity, and stays `source_new` 2."""
         narrow, wide = subnets(facts.address)
         if not narrow:
             return
         known = _recall(self._subnets, facts.caller)
+        if known is not None and (narrow in known or len(known) >= _MAX_SUBNETS):
+            return
+        inside = (
+            (not known and not baseline.subnets(facts.caller))
+            or (known is not None and wide in known)
+            or wide in baseline.prefixes
+            or wide in self._prefixes
+        )
+        if not inside:
+            witnesses = _recall(self._witnesses, wide)
+            if witnesses is None:
+                witnesses = _remember(self._witnesses, wide, {}, _MAX_PREFIXES)
+            witnesses[facts.caller] = None
+            if len(witnesses) < _SITE_WITNESSES:
+                return
+            del self._witnesses[wide]
         if known is None:
             known = _remember(self._subnets, facts.caller, {}, self._max_identities)
-        if narrow not in known and len(known) < _MAX_SUBNETS:
-            known[narrow] = None
-            known[wide] = None
+        known[narrow] = None
+        known[wide] = None
+        _remember(self._prefixes, wide, None, _MAX_PREFIXES)
 
 
-def _has_subnet(known: dict[str, None], address: str) -> bool:
-    narrow = subnets(address)[0]
-    return not narrow or narrow in known
+def _reads_only(edge: EdgeBaseline) -> bool:
+    return edge.calls >= _READS_ONLY_CALLS and edge.methods <= SAFE_METHODS
 
 
-def _subnet_novelty(baseline: frozenset[str], online: dict[str, None] | None, address: str) -> float:
-    """0 in a known /24 (/64), 1 in a known /16 (/48) only, 2 elsewhere; 0 for a caller with no known address yet
-    (its first address is learned, not judged)."""
-    narrow, wide = subnets(address)
+def _subnet_novelty(
+    baseline: frozenset[str], online: dict[str, None] | None, narrow: str, wide: str, site: bool
+) -> float:
+    """0 in a known /24 (/64) of the caller, 1 in a new one inside the caller's /16s (/48s) or the site's (`site`),
+    2 outside the site's address space; 0 for a caller with no known address yet (its first address is learned,
+    not judged)."""
     if not narrow or (not baseline and not online):
         return 0.0
     if narrow in baseline or (online is not None and narrow in online):
         return 0.0
-    if wide in baseline or (online is not None and wide in online):
+    if site or wide in baseline or (online is not None and wide in online):
         return 1.0
     return 2.0
 
