@@ -75,7 +75,8 @@ class EdgeBaseline:
     against, so a single off-hours call is `hour_unusual`'s, not a "burst" against a busiest minute of 0."""
     methods: dict[str, MethodBaseline] = field(init=False, default_factory=dict)
     """Per method over all the edge's templates (derived): calls summed, the largest usual size. What a template
-    new or young since training is judged on (`young`)."""
+    new or young since training is judged on (`young`); its keys tell an edge that only ever read from one that
+    writes (features.py, `method_unusual`)."""
     young: frozenset[str] = field(init=False, default=frozenset())
     """Templates seen for less than `SETTLED_S` while their edge was seen longer (derived): their ids, sizes and
     method mix are judged against the edge's, not against a few hours of their own."""
@@ -104,6 +105,13 @@ class Baseline:
     days: float = 0.0
     edges: dict[str, EdgeBaseline] = field(default_factory=dict)
     known_subnets: dict[str, frozenset[str]] = field(default_factory=dict)
+    prefixes: frozenset[str] = field(init=False, default=frozenset())
+    """The site's address space (derived): every /16 (IPv6 /48) any caller's pods used. An address outside it is
+    not a pod of this mesh (features.py, `source_new`)."""
+
+    def __post_init__(self) -> None:
+        wide = frozenset(n for nets in self.known_subnets.values() for n in nets if n.endswith(("/16", "/48")))
+        object.__setattr__(self, "prefixes", wide)
 
     @property
     def per_day(self) -> float:

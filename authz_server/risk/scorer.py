@@ -158,4 +158,5 @@ class RiskScorer:
             learning = Learning.NOTHING
         else:
             learning = learning_for(risk.alarmed)
-        self.state.observe(facts_from_call(call, identity, policy.normalized_path or call.path, now), learning)
+        facts = facts_from_call(call, identity, policy.normalized_path or call.path, now)
+        self.state.observe(facts, learning, self.model.baseline)

@@ -338,12 +338,12 @@ def feature_rows(
         if gate is None:
             if facts.ts >= start:
                 rows.append(state.features(facts, baseline))
-            state.observe(facts, Learning.EVERYTHING)
+            state.observe(facts, Learning.EVERYTHING, baseline)
             continue
         row = state.features(facts, baseline)
         if facts.ts >= start:
             rows.append(row)
-        state.observe(facts, gate(row))
+        state.observe(facts, gate(row), baseline)
     return np.asarray(rows, dtype=np.float32).reshape(-1, len(FEATURES))
 
 

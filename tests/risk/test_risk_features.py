@@ -86,6 +86,31 @@ def test_a_method_is_judged_per_template() -> None:
     assert feature(state, facts(FRONTEND, "/products/5", t=t, method="GET"), "method_unusual") < 0.5
 
 
+def test_a_write_on_an_edge_that_only_ever_read_stays_unusual_on_every_call() -> None:
+    """A reader that starts deleting is judged on the site's log, not on what its own DELETEs taught the state a
+    minute ago; a write on an edge that writes elsewhere, and a read, are judged per template as before."""
+    reader = workload("shop/images", "10.1.4.4")
+    history = [facts(reader, f"/objects/{i * 7919 % 3000}", t=at(1) + i * 20) for i in range(400)]
+    history += [facts(FRONTEND, f"/carts/{i}", t=at(1) + i * 20, method="POST") for i in range(100)]
+    history += [facts(FRONTEND, f"/products/{i}", t=at(1) + i * 20 + 5) for i in range(300)]
+    baseline = build_baseline(sorted(history, key=lambda f: f.ts))
+    state = BehaviourState(RiskConfig())
+    t = at(4)
+    values = []
+    for i in range(30):
+        delete = facts(reader, f"/objects/{i}", t=t + i * 30, method="DELETE")
+        values.append(feature(state, delete, "method_unusual", baseline))
+        learn(state, delete, learning_for(frozenset({"method_unusual"})))  # novelty only: it teaches the template
+    assert min(values) > 6 and max(values) - min(values) < 0.01  # log2(~3,800 calls a day): every call the same
+    assert feature(state, facts(reader, "/objects/5", t=t + 900), "method_unusual", baseline) < 0.5
+    # The frontend writes (POST /carts): a DELETE on /products is a rare method on that template, learned online.
+    first = feature(state, facts(FRONTEND, "/products/5", t=t, method="DELETE"), "method_unusual", baseline)
+    for i in range(30):
+        learn(state, facts(FRONTEND, f"/products/{i}", t=t + i * 30, method="DELETE"), Learning.NOVELTY)
+    later = feature(state, facts(FRONTEND, "/products/5", t=t + 900, method="DELETE"), "method_unusual", baseline)
+    assert first > 6 and later < first - 2
+
+
 def test_an_hour_the_edge_never_works_is_unusual_once_the_edge_has_hours() -> None:
     state = BehaviourState(RiskConfig())
     console = workload("ops/console", "10.9.0.4")
@@ -140,6 +165,27 @@ def test_a_sequential_walk_is_seen_through_interleaved_ordinary_ids() -> None:
     assert feature(state, facts(walker, "/orders/77777", t=t), "id_walk") == 0.0
 
 
+def test_a_walk_goes_on_across_skipped_ids_and_chance_walks_over_popular_ids_stay_short() -> None:
+    """Low and slow: one id every one to two minutes for three hours, every fourth step skipping two or three ids
+    that do not exist. The walk keeps growing; reads of a few popular ids, which land a stride apart all the time,
+    make no walk, and neither do the digit tails of hexadecimal digests."""
+    state = BehaviourState(RiskConfig())
+    walker = workload("shop/walker", "10.1.3.3")
+    t, ident = at(1), 52_000
+    for i in range(120):
+        learn(state, facts(walker, f"/orders/{ident}", t=t), Learning.NOTHING)
+        ident += 2 + i % 2 if i % 4 == 3 else 1
+        for k in range(3):  # ordinary reads of the popular orders 1-12 around it
+            learn(state, facts(walker, f"/orders/{1 + (i * 5 + k * 7) % 12}", t=t + 10 + k * 10))
+        t += 60 + (i * 37) % 60
+    assert feature(state, facts(walker, f"/orders/{ident}", t=t), "id_walk") > 6  # 87 exact steps of 120: log2(88)
+    assert feature(state, facts(walker, "/orders/13", t=t), "id_walk") < 2.5
+    digests = [facts(walker, f"/blobs/{i:04x}{i * 2654435761 % 10**6:06d}", t=t + i) for i in range(2000)]
+    for f in digests:
+        learn(state, f)
+    assert max(feature(state, f, "id_walk") for f in digests[-50:]) == 0.0
+
+
 def test_size_comes_from_content_length_and_is_judged_per_method() -> None:
     state = BehaviourState(RiskConfig())
     t = steady(state, calls=200, path="/carts/{}", method="POST", content_length=600)
@@ -159,19 +205,23 @@ def test_a_source_address_is_new_only_outside_the_identitys_subnets() -> None:
     assert feature(state, facts(FRONTEND, t=t, address="fd00::1"), "source_new") == 2.0
 
 
-def test_one_certificate_seen_from_two_addresses_is_counted() -> None:
+def test_a_certificate_used_away_from_its_pod_is_counted_for_its_life_and_its_pod_is_not() -> None:
     state = BehaviourState(RiskConfig())
     t = at(1)
     home = facts(FRONTEND, t=t)
     assert home.certificate  # the leaf's serial, from the verified SVID
     learn(state, home)
     assert feature(state, facts(FRONTEND, t=t + 5), "serial_multi_source") == 0.0
+    assert feature(state, facts(FRONTEND, t=t + 10, address="203.0.113.9"), "serial_multi_source") == 1.0
     learn(state, facts(FRONTEND, t=t + 10, address="203.0.113.9"), Learning.NOTHING)
-    assert feature(state, facts(FRONTEND, t=t + 20), "serial_multi_source") == 1.0
+    # The pod the SVID was issued to (the address it was first seen from) goes on as before...
+    assert feature(state, facts(FRONTEND, t=t + 20), "serial_multi_source") == 0.0
+    # ...while the copy is a copy an hour later too, when the pod has long rotated to its next SVID.
+    assert feature(state, facts(FRONTEND, t=t + 3600, address="203.0.113.9"), "serial_multi_source") == 1.0
+    assert feature(state, facts(FRONTEND, t=t + 3600, address="10.1.2.99"), "serial_multi_source") == 2.0
     # Another pod's own SVID from another address is not the same certificate.
     other = workload("shop/frontend", "10.1.2.4")
     assert feature(state, facts(other, t=t + 20), "serial_multi_source") == 0.0
-    assert feature(state, facts(FRONTEND, t=t + 20 + 601), "serial_multi_source") == 0.0  # 10 minutes on
 
 
 @pytest.mark.parametrize("lifetime_h", [1.0, 24.0])
@@ -260,17 +310,31 @@ def test_ids_on_a_template_new_since_training_are_judged_against_the_edges_other
 
 
 def test_a_new_nodes_subnet_is_learned_when_nothing_else_alarmed_and_a_copied_certificates_is_not() -> None:
-    """Pods rescheduled onto another node's subnet alarm once, then are known; an address a copied certificate is
-    used from (the same serial elsewhere at the same time) never becomes the identity's normal."""
+    """Pods rescheduled onto another node of the mesh alarm once, then are known; an address outside every range the
+    site's pods use becomes normal only when several identities come from there (a new node pool), never from one
+    identity alone (a stolen SVID used from elsewhere), and never from a copied certificate."""
     state = BehaviourState(RiskConfig())
     t = steady(state, calls=50)
+    learn(state, facts(workload("shop/cart", "10.7.0.4"), t=t))  # another workload's pods live in 10.7.0.0/16
     moved = facts(FRONTEND, t=t, address="10.7.0.5")
-    assert feature(state, moved, "source_new") == 2.0
+    assert feature(state, moved, "source_new") == 1.0  # a node of the mesh this caller never ran on
     learn(state, moved, learning_for(frozenset({"source_new"})))
     assert feature(state, facts(FRONTEND, t=t + 1, address="10.7.0.6"), "source_new") == 0.0
-    thief = facts(FRONTEND, t=t + 2, address="203.0.113.9")
+
+    outside = facts(FRONTEND, t=t + 2, address="203.0.113.9")
+    assert feature(state, outside, "source_new") == 2.0
+    for i in range(30):  # one identity, however many quiet calls: still outside
+        learn(state, facts(FRONTEND, t=t + 3 + i, address="203.0.113.9"), learning_for(frozenset({"source_new"})))
+    assert feature(state, facts(FRONTEND, t=t + 40, address="203.0.113.9"), "source_new") == 2.0
+    thief = facts(FRONTEND, t=t + 41, address="203.0.113.10")
     learn(state, thief, learning_for(frozenset({"source_new", "serial_multi_source"})))
-    assert feature(state, facts(FRONTEND, t=t + 3, address="203.0.113.10"), "source_new") == 2.0
+    assert feature(state, facts(FRONTEND, t=t + 42, address="203.0.113.10"), "source_new") == 2.0
+    # A new node pool: three workloads' pods come up there; its range joins the site's.
+    for name in ("shop/cart", "shop/orders"):
+        pool = workload(name, "10.1.5.5")
+        learn(state, facts(pool, t=t + 50))
+        learn(state, facts(pool, t=t + 51, address="203.0.113.20"), learning_for(frozenset({"source_new"})))
+    assert feature(state, facts(FRONTEND, t=t + 60, address="203.0.113.9"), "source_new") == 1.0
 
 
 def test_one_call_at_an_hour_the_edge_never_works_is_unusual_for_its_hour_not_a_burst() -> None:
