@@ -575,6 +575,10 @@ class BehaviourState:
             around += known.hours[hour - 1] + known.hours[later]
         hour_unusual = _ratio_bits(2 * total / 24, at_hour + around / 2) if total >= _HOURS_KNOWN else 0.0
 
+        # `volume`: how far the peak headroom lifts the edge's busiest minute. Distinct ids in a minute or two rise
+        # as far in a legitimate peak (a sale reads more products), so `ids_short` gets the same room; and a burst
+        # of the edge's own mix, repeating its popular ids, then moves `rate_burst` more than `ids_short`.
+        volume = 1.0
         if known is not None:
             peak = known.minute_max
             busiest = float(max(peak[hour - 1], peak[hour], peak[later])) or known.busiest_minute
@@ -582,6 +586,7 @@ class BehaviourState:
             usual = max(hourly[hour - 1], hourly[hour], hourly[later]) or max(hourly)
             headroom = PEAK_HEADROOM * usual * per_day / 60.0
             if headroom > busiest:
+                volume = headroom / busiest if busiest > 0 else 1.0
                 busiest = headroom
         else:
             busiest = online_peak
@@ -592,7 +597,7 @@ class BehaviourState:
         # (the bundled model) the counts themselves, which its calibration saw across many sites.
         ids_usual: TemplateBaseline | EdgeBaseline | None = known if unsettled else known_template
         if ids_usual is not None:
-            ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short)
+            ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short * volume)
             ids_long = _ratio_bits(activity.ids_long, ids_usual.ids_long)
             id_walk = _ratio_bits(activity.walk, ids_usual.walk)
         elif baseline.edges:
