@@ -133,8 +133,8 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "serial_multi_source",
-        "when the call comes from an address other than the one this certificate was first seen from (its pod's): "
-        "the other addresses it was seen from (0 for the pod itself)",
+        "other source addresses this certificate was seen from, counted on the copy: a call away from the caller's "
+        "known subnets, or inside them at another address than the certificate's first (0 for the pod itself)",
         3.0,
         0.5,
     ),
@@ -515,12 +515,10 @@ class BehaviourState:
             has_subnet = not narrow or (known_subnets is not None and narrow in known_subnets)
             site = not has_subnet and wide in self._prefixes
             seen_from = self._certificates.get(facts.certificate) if facts.certificate else None
-            others = 0
-            # The first address a certificate was seen from is its pod's: an SVID is issued to one pod, whose
-            # address does not change while it lives. Any other address is a copy, for as long as the certificate
-            # is remembered (a copy of the SVID the pod rotated away from an hour ago is still a copy).
-            if seen_from and facts.address != next(iter(seen_from)):
-                others = sum(1 for address in seen_from if address != facts.address)
+            first, elsewhere = "", 0
+            if seen_from:
+                first = next(iter(seen_from))
+                elsewhere = len(seen_from) - (facts.address in seen_from)
             online_edge = _decayed(edge.rate, edge.rate_at, ts) if edge is not None else 0.0
             online_template = _decayed(template.rate, template.rate_at, ts) if template is not None else 0.0
             method = template.methods.get(facts.method) if template is not None else None
@@ -594,9 +592,24 @@ class BehaviourState:
                 size_unusual = _ratio_bits(facts.size, usual)
 
         source_new = 0.0
+        caller_nets = baseline.subnets(facts.caller)
         if not has_subnet:
             site = site or wide in baseline.prefixes
-            source_new = _subnet_novelty(baseline.subnets(facts.caller), known_subnets, narrow, wide, site)
+            source_new = _subnet_novelty(caller_nets, known_subnets, narrow, wide, site)
+
+        # An SVID is issued to one pod, whose address does not change while it lives: one certificate from two
+        # addresses is a copy, for as long as the certificate is remembered (a copy of the SVID its pod rotated
+        # away from an hour ago is still a copy). Which one is the copy: the one away from the caller's usual
+        # subnets; between two addresses inside them, the later one. So the pod itself is never the one counted,
+        # even when the copy was used first.
+        others = 0
+        if elsewhere:
+            if source_new > 0:
+                others = elsewhere
+            elif first != facts.address:
+                first_net = subnets(first)[0]
+                if first_net in caller_nets or (known_subnets is not None and first_net in known_subnets):
+                    others = elsewhere
 
         svid_age = 0.0
         issued, expires = facts.issued_at, facts.expires_at
