@@ -304,6 +304,12 @@ _READS_ONLY_CALLS = 50
 calls (the rule of three, 95%), where one write among them would be an ordinary, rare method."""
 _MIN_CALLS_FOR_PEAK = 60
 """An edge without a baseline compares its minute rate with the peak it learned online after this many calls."""
+PEAK_HEADROOM = 4.0
+"""`rate_burst` reads a minute against the edge's busiest minute at this hour, or this many times its average
+minute at this hour (+-1 h) when that is more. A short log's busiest minute is a Poisson maximum, 1.5-2x the
+average on a busy edge: a sale, a launch or a failover runs 2-3.5x the usual rate for hours and is not an attack,
+while a script hammering an edge runs 10x and more. On a quiet edge (a call a minute) the busiest minute is
+already several times the average, so the headroom changes nothing there."""
 
 
 def _distinct(bits: int, width: int) -> float:
@@ -537,6 +543,10 @@ class BehaviourState:
         known = baseline.edge(facts.caller, facts.callee)
         known_template = known.templates.get(facts.template) if known is not None else None
         known_method = known_template.methods.get(facts.method) if known_template is not None else None
+        # A template new or young since training (a deploy's `/v2/` routes) is judged on its edge's norms: a few
+        # hours of its own (or none) say nothing about its busy hours (baseline.SETTLED_S).
+        unsettled = known is not None and (known_template is None or facts.template in known.young)
+        edge_method = known.methods.get(facts.method) if unsettled and known is not None else None
         per_day = baseline.per_day
 
         edge_novelty = 0.0 if known is not None else _EDGE_NEW_SCALE / (_EDGE_NEW_SCALE + learned)
@@ -553,6 +563,8 @@ class BehaviourState:
             method_unusual = _ratio_bits(known.calls * per_day, 0.0)
         else:
             method_unusual = _ratio_bits(template_day, method_day) if template_day > 0 else 0.0
+            if unsettled and known is not None:  # the method's share of the edge, when that is the smaller surprise
+                method_unusual = min(method_unusual, _ratio_bits(known.calls, edge_method.calls if edge_method else 0))
 
         total = learned
         if known is not None:
@@ -561,19 +573,29 @@ class BehaviourState:
             around += known.hours[hour - 1] + known.hours[later]
         hour_unusual = _ratio_bits(2 * total / 24, at_hour + around / 2) if total >= _HOURS_KNOWN else 0.0
 
+        # `volume`: how far the peak headroom lifts the edge's busiest minute. Distinct ids in a minute or two rise
+        # as far in a legitimate peak (a sale reads more products), so `ids_short` gets the same room; and a burst
+        # of the edge's own mix, repeating its popular ids, then moves `rate_burst` more than `ids_short`.
+        volume = 1.0
         if known is not None:
             peak = known.minute_max
             busiest = float(max(peak[hour - 1], peak[hour], peak[later])) or known.busiest_minute
+            hourly = known.hours
+            usual = max(hourly[hour - 1], hourly[hour], hourly[later]) or max(hourly)
+            headroom = PEAK_HEADROOM * usual * per_day / 60.0
+            if headroom > busiest:
+                volume = headroom / busiest if busiest > 0 else 1.0
+                busiest = headroom
         else:
             busiest = online_peak
         rate_burst = _ratio_bits(activity.calls_minute, busiest) if busiest >= 0 else 0.0
 
-        # Ids against the template's baseline; a template new since training against its edge's others; an edge
-        # new since training is neutral here (it is novel: `edge_novelty` speaks); with no baseline at all (the
-        # bundled model) the counts themselves, which its calibration saw across many sites.
-        ids_usual: TemplateBaseline | EdgeBaseline | None = known_template or known
+        # Ids against the template's baseline; a template new or young since training against its edge's most; an
+        # edge new since training is neutral here (it is novel: `edge_novelty` speaks); with no baseline at all
+        # (the bundled model) the counts themselves, which its calibration saw across many sites.
+        ids_usual: TemplateBaseline | EdgeBaseline | None = known if unsettled else known_template
         if ids_usual is not None:
-            ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short)
+            ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short * volume)
             ids_long = _ratio_bits(activity.ids_long, ids_usual.ids_long)
             id_walk = _ratio_bits(activity.walk, ids_usual.walk)
         elif baseline.edges:
@@ -586,6 +608,8 @@ class BehaviourState:
         size_unusual = 0.0
         if facts.size >= 0:
             usual = known_method.size if known_method is not None else -1
+            if edge_method is not None and edge_method.size > usual:
+                usual = edge_method.size
             if usual < 0:
                 usual = online_size
             if usual >= 0:
@@ -719,7 +743,7 @@ class BehaviourState:
 
 
 def _reads_only(edge: EdgeBaseline) -> bool:
-    return edge.calls >= _READS_ONLY_CALLS and edge.methods <= SAFE_METHODS
+    return edge.calls >= _READS_ONLY_CALLS and edge.methods.keys() <= SAFE_METHODS
 
 
 def _subnet_novelty(

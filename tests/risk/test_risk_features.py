@@ -354,3 +354,60 @@ def test_one_call_at_an_hour_the_edge_never_works_is_unusual_for_its_hour_not_a_
     state = BehaviourState(RiskConfig())
     assert feature(state, late, "rate_burst", baseline) == 0.0  # one call: the edge's busiest minute was 3
     assert feature(state, late, "hour_unusual", baseline) > 3
+
+
+def test_a_template_young_in_the_training_log_is_judged_on_its_edges_norms_not_on_its_first_quiet_hours() -> None:
+    """The deploy moved /v1/orders to /v2/orders in the log's last evening: the /v2/ route's own id counts, method mix
+    and sizes come from a few quiet hours, so its next busy hour is judged on what the edge did in its busy hours."""
+    reader = workload("shop/reader", "10.1.2.9", lifetime=dt.timedelta(days=4))
+    history = []
+    for day in (0, 1):  # two busy middays on /v1/: 15 calls a minute over thousands of ids, one POST in five
+        for i in range(1800):
+            t = at(24 * day + 12) + i * 4
+            if i % 5:
+                history.append(facts(reader, f"/v1/orders/{(i * 7919 + day) % 50000}", t=t))
+            else:
+                history.append(facts(reader, "/v1/orders", t=t, method="POST", content_length=1400 + i % 200))
+    for i in range(240):  # the deploy: a quiet evening on /v2/, a call every 30 s, GETs only
+        history.append(facts(reader, f"/v2/orders/{i * 7919 % 50000}", t=at(44) + i * 30))
+    baseline = build_baseline(history)
+    edge = baseline.edge(history[0].caller, CALLEE)
+    assert edge is not None and "/v2/orders/{id}" in edge.young and "/v1/orders/{id}" not in edge.young
+
+    state = BehaviourState(RiskConfig())
+    t = at(60)  # the next midday, every call on /v2/ now
+    for i in range(240):
+        learn(state, facts(reader, f"/v2/orders/{(i * 7919 + 3) % 50000}", t=t + i * 4), Learning.EVERYTHING)
+    t += 960
+    busy = facts(reader, "/v2/orders/4242", t=t)
+    own = edge.templates["/v2/orders/{id}"].ids_short
+    assert state.activity(busy).ids_short > 2 * (own + 1)  # its own quiet-evening norm would call this enumeration
+    assert feature(state, busy, "ids_short", baseline) < 0.5
+    post = facts(reader, "/v2/orders", t=t, method="POST", content_length=1500)  # /v2/'s first POST, as /v1/ had
+    assert feature(state, post, "method_unusual", baseline) < 2.5  # one call in five on the edge: 2.3 bits
+    assert feature(state, post, "size_unusual", baseline) == 0.0
+    # What the edge never did still stands out on the young route: a walk of 400 ids in a minute, a 200 KB body.
+    for i in range(400):
+        learn(state, facts(reader, f"/v2/orders/{100_000 + i}", t=t + i * 0.15), Learning.NOTHING)
+    assert feature(state, facts(reader, "/v2/orders/100400", t=t + 61), "ids_short", baseline) > 2
+    big = facts(reader, "/v2/orders", t=t + 61, method="POST", content_length=200_000)
+    assert feature(state, big, "size_unusual", baseline) > 6
+
+
+def test_a_peak_of_a_few_times_the_usual_rate_is_no_burst_and_twenty_times_is() -> None:
+    """A sale runs 3x the edge's usual minute for hours; a script runs 20x. The busiest minute a short log saw is a
+    Poisson maximum barely above the average, so the peak is measured against a headroom of the average too."""
+    caller = workload("shop/web", "10.1.2.11", lifetime=dt.timedelta(days=4))
+    history = [facts(caller, f"/products/{i % 500}", t=at(24 * day + 12) + i * 6) for day in (0, 1)
+               for i in range(1200)]  # fmt: skip
+    history = [facts(caller, "/products/1", t=at(0.1)), *history, facts(caller, "/products/2", t=at(47.9))]  # 2 days
+    baseline = build_baseline(history)
+    state = BehaviourState(RiskConfig())
+    t = at(61)
+    for i in range(600):  # 3x: 30 calls a minute for 20 minutes
+        learn(state, facts(caller, f"/products/{i % 500}", t=t + i * 2))
+    assert feature(state, facts(caller, "/products/1", t=t + 1200), "rate_burst", baseline) == 0.0
+    t += 3600
+    for i in range(200):  # 20x: 200 calls in a minute
+        learn(state, facts(caller, f"/products/{i % 500}", t=t + i * 0.3), Learning.NOTHING)
+    assert feature(state, facts(caller, "/products/1", t=t + 60), "rate_burst", baseline) > 1.5  # 20x/4x: ~2.3 bits
