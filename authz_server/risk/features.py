@@ -798,12 +798,16 @@ def _walk(template: _Template, facts: CallFacts, learn: bool) -> int:
     A walk's first step may be any stride up to _WALK_STEP; every later step must go the same way by the stride
     (the walk grows by one) or by a few strides, at most _WALK_GAP (it goes on, no longer): enumeration goes +1, +1,
     +3, +1, ..., while random ids that land within reach of a walk are mostly the gap steps, so chance walks
-    through a popular id range stay short and one id a minute for an hour makes a walk of about 60. Ids seen on the
-    template in the last hour or two take no part (`_seen_lately`). Up to _WALK_HEADS walks are followed at once,
-    the shortest replaced, so interleaved unrelated ids do not break one."""
+    through a popular id range stay short and one id a minute for an hour makes a walk of about 60. A step that
+    divides the stride becomes it (a walk first seen across a gap). Ids seen on the template in the last hour or
+    two (`_seen_lately`) start and extend no walk, but are scored by the one they continue: a popular id must
+    not build chance walks, and an enumeration's id that shares a bit with another must not read as no walk.
+    Up to _WALK_HEADS walks are followed at once, the shortest replaced, so interleaved unrelated ids do not break
+    one."""
     number = _numeric(facts.last_id)
-    if number is None or _seen_lately(template, facts):
+    if number is None:
         return 0
+    learn = learn and not _seen_lately(template, facts)
     ts = facts.ts
     walks = template.walks
     for walk in walks:
@@ -811,14 +815,18 @@ def _walk(template: _Template, facts: CallFacts, learn: bool) -> int:
         if ts - walk[2] > _WALK_IDLE_S or step == 0:
             continue
         run = int(walk[1])
+        stride = int(walk[3])
         if run == 0:
             if abs(step) > _WALK_STEP:
                 continue
             stride = step
-        else:
-            stride = int(walk[3])
-            if step % stride or not 1 <= step // stride <= _WALK_GAP:
+        elif step % stride == 0:
+            if not 1 <= step // stride <= _WALK_GAP:
                 continue
+        elif stride % step == 0 and stride // step > 0:
+            stride = step
+        else:
+            continue
         if step == stride:
             run += 1
         if learn:
