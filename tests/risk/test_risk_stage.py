@@ -125,6 +125,37 @@ def test_the_feature_that_moved_the_score_is_the_top_factor(feature: str, site_m
     assert all(a.contribution >= b.contribution for a, b in itertools.pairwise(factors))
 
 
+def _capped_from(model: AnomalyModel, feature: str) -> float:
+    """The smallest value of `feature` (alone) whose surprise is at its cap, found by bisection."""
+    index = FEATURE_NAMES.index(feature)
+
+    def surprise(value: float) -> float:
+        row = [0.0] * len(FEATURE_NAMES)
+        row[index] = value
+        return model.score(row)[1][index]
+
+    top = surprise(1e6)
+    low, high = 0.0, 1e6
+    for _ in range(80):
+        middle = (low + high) / 2
+        low, high = (low, middle) if surprise(middle) >= top - 0.0095 else (middle, high)
+    return high
+
+
+def test_two_capped_features_at_once_are_named_by_how_far_each_moved(site_model: AnomalyModel) -> None:
+    """An off-hours call from a subnet the caller never used: both features a legitimate change can move are capped
+    under the deny edge, and the one further past its cap is named first, whichever comes first in the schema."""
+    hour, subnet = FEATURE_NAMES.index("hour_unusual"), FEATURE_NAMES.index("source_new")
+    hour_cap, subnet_cap = _capped_from(site_model, "hour_unusual"), _capped_from(site_model, "source_new")
+    for far, near in ((hour, subnet), (subnet, hour)):
+        row = [0.0] * len(FEATURE_NAMES)
+        row[hour] = hour_cap + (8.0 if far == hour else 0.5)  # tail units: 2 bits a decade for hours,
+        row[subnet] = subnet_cap + (2.0 if far == subnet else 0.125)  # half a level for subnets
+        score, surprise = site_model.score(row)
+        assert score <= RiskConfig().default_max_risk  # still never denied on their own
+        assert [f.name for f in scorer(site_model)._factors(surprise)[:2]] == [FEATURE_NAMES[far], FEATURE_NAMES[near]]
+
+
 # --- no feedback loops ----------------------------------------------------------------------------------------
 
 
