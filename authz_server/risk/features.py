@@ -133,8 +133,8 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "serial_multi_source",
-        "when the call comes from an address other than the one this certificate was first seen from (its pod's): "
-        "the other addresses it was seen from (0 for the pod itself)",
+        "other source addresses this certificate was seen from, counted on the copy: a call away from the caller's "
+        "known subnets, or inside them at another address than the certificate's first (0 for the pod itself)",
         3.0,
         0.5,
     ),
@@ -521,12 +521,10 @@ class BehaviourState:
             has_subnet = not narrow or (known_subnets is not None and narrow in known_subnets)
             site = not has_subnet and wide in self._prefixes
             seen_from = self._certificates.get(facts.certificate) if facts.certificate else None
-            others = 0
-            # The first address a certificate was seen from is its pod's: an SVID is issued to one pod, whose
-            # address does not change while it lives. Any other address is a copy, for as long as the certificate
-            # is remembered (a copy of the SVID the pod rotated away from an hour ago is still a copy).
-            if seen_from and facts.address != next(iter(seen_from)):
-                others = sum(1 for address in seen_from if address != facts.address)
+            first, elsewhere = "", 0
+            if seen_from:
+                first = next(iter(seen_from))
+                elsewhere = len(seen_from) - (facts.address in seen_from)
             online_edge = _decayed(edge.rate, edge.rate_at, ts) if edge is not None else 0.0
             online_template = _decayed(template.rate, template.rate_at, ts) if template is not None else 0.0
             method = template.methods.get(facts.method) if template is not None else None
@@ -619,9 +617,24 @@ class BehaviourState:
                 size_unusual = _ratio_bits(facts.size, usual)
 
         source_new = 0.0
+        caller_nets = baseline.subnets(facts.caller)
         if not has_subnet:
             site = site or wide in baseline.prefixes
-            source_new = _subnet_novelty(baseline.subnets(facts.caller), known_subnets, narrow, wide, site)
+            source_new = _subnet_novelty(caller_nets, known_subnets, narrow, wide, site)
+
+        # An SVID is issued to one pod, whose address does not change while it lives: one certificate from two
+        # addresses is a copy, for as long as the certificate is remembered (a copy of the SVID its pod rotated
+        # away from an hour ago is still a copy). Which one is the copy: the one away from the caller's usual
+        # subnets; between two addresses inside them, the later one. So the pod itself is never the one counted,
+        # even when the copy was used first.
+        others = 0
+        if elsewhere:
+            if source_new > 0:
+                others = elsewhere
+            elif first != facts.address:
+                first_net = subnets(first)[0]
+                if first_net in caller_nets or (known_subnets is not None and first_net in known_subnets):
+                    others = elsewhere
 
         svid_age = 0.0
         issued, expires = facts.issued_at, facts.expires_at
@@ -786,12 +799,16 @@ def _walk(template: _Template, facts: CallFacts, learn: bool) -> int:
     A walk's first step may be any stride up to _WALK_STEP; every later step must go the same way by the stride
     (the walk grows by one) or by a few strides, at most _WALK_GAP (it goes on, no longer): enumeration goes +1, +1,
     +3, +1, ..., while random ids that land within reach of a walk are mostly the gap steps, so chance walks
-    through a popular id range stay short and one id a minute for an hour makes a walk of about 60. Ids seen on the
-    template in the last hour or two take no part (`_seen_lately`). Up to _WALK_HEADS walks are followed at once,
-    the shortest replaced, so interleaved unrelated ids do not break one."""
+    through a popular id range stay short and one id a minute for an hour makes a walk of about 60. A step that
+    divides the stride becomes it (a walk first seen across a gap). Ids seen on the template in the last hour or
+    two (`_seen_lately`) start and extend no walk, but are scored by the one they continue: a popular id must
+    not build chance walks, and an enumeration's id that shares a bit with another must not read as no walk.
+    Up to _WALK_HEADS walks are followed at once, the shortest replaced, so interleaved unrelated ids do not break
+    one."""
     number = _numeric(facts.last_id)
-    if number is None or _seen_lately(template, facts):
+    if number is None:
         return 0
+    learn = learn and not _seen_lately(template, facts)
     ts = facts.ts
     walks = template.walks
     for walk in walks:
@@ -799,14 +816,18 @@ def _walk(template: _Template, facts: CallFacts, learn: bool) -> int:
         if ts - walk[2] > _WALK_IDLE_S or step == 0:
             continue
         run = int(walk[1])
+        stride = int(walk[3])
         if run == 0:
             if abs(step) > _WALK_STEP:
                 continue
             stride = step
-        else:
-            stride = int(walk[3])
-            if step % stride or not 1 <= step // stride <= _WALK_GAP:
+        elif step % stride == 0:
+            if not 1 <= step // stride <= _WALK_GAP:
                 continue
+        elif stride % step == 0 and stride // step > 0:
+            stride = step
+        else:
+            continue
         if step == stride:
             run += 1
         if learn:

@@ -217,9 +217,18 @@ def test_a_certificate_used_away_from_its_pod_is_counted_for_its_life_and_its_po
     learn(state, facts(FRONTEND, t=t + 10, address="203.0.113.9"), Learning.NOTHING)
     # The pod the SVID was issued to (the address it was first seen from) goes on as before...
     assert feature(state, facts(FRONTEND, t=t + 20), "serial_multi_source") == 0.0
-    # ...while the copy is a copy an hour later too, when the pod has long rotated to its next SVID.
+    # ...while the copy is a copy an hour later too, when the pod has long rotated to its next SVID, and so is a
+    # copy on another pod of the pod's own subnet.
     assert feature(state, facts(FRONTEND, t=t + 3600, address="203.0.113.9"), "serial_multi_source") == 1.0
     assert feature(state, facts(FRONTEND, t=t + 3600, address="10.1.2.99"), "serial_multi_source") == 2.0
+    # A copy used before its pod was ever seen here (a restart of this server): the pod, in its usual subnet, is
+    # not the copy.
+    stolen = workload("shop/frontend", "10.1.2.5")
+    learn(state, facts(stolen, t=t + 30, address="198.51.100.7"), Learning.NOTHING)
+    assert feature(state, facts(stolen, t=t + 40), "serial_multi_source") == 0.0
+    learn(state, facts(stolen, t=t + 40))
+    assert feature(state, facts(stolen, t=t + 50), "serial_multi_source") == 0.0
+    assert feature(state, facts(stolen, t=t + 50, address="198.51.100.7"), "serial_multi_source") == 1.0
     # Another pod's own SVID from another address is not the same certificate.
     other = workload("shop/frontend", "10.1.2.4")
     assert feature(state, facts(other, t=t + 20), "serial_multi_source") == 0.0
