@@ -582,7 +582,8 @@ class BehaviourState:
             busiest = float(max(peak[hour - 1], peak[hour], peak[later])) or known.busiest_minute
             hourly = known.hours
             usual = max(hourly[hour - 1], hourly[hour], hourly[later]) or max(hourly)
-            headroom = PEAK_HEADROOM * usual * per_day / 60.0
+            # Each hour of day was seen about `days` times (once, in a log shorter than a day).
+            headroom = PEAK_HEADROOM * usual / (60.0 * max(baseline.days, 1.0))
             if headroom > busiest:
                 volume = headroom / busiest if busiest > 0 else 1.0
                 busiest = headroom
