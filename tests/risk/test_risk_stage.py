@@ -125,6 +125,32 @@ def test_the_feature_that_moved_the_score_is_the_top_factor(feature: str, site_m
     assert all(a.contribution >= b.contribution for a, b in itertools.pairwise(factors))
 
 
+def test_among_volume_features_the_one_that_explains_the_others_is_named_first(site_model: AnomalyModel) -> None:
+    """A burst of the edge's own mix on a large id space reads a new id on nearly every call: the calls moved, and
+    `rate_burst` is named even where the distinct ids are a shade more surprising. Ids that rose well beyond the
+    calls are named themselves; a sequential walk explains both."""
+    stage = scorer(site_model)
+    t = steady(stage)
+    call, caller = parsed(FRONTEND, "/products/7", at=t)
+    quiet = stage.state.features(facts_from_call(call, caller, call.path, t), site_model.baseline)
+    rate, ids = FEATURE_NAMES.index("rate_burst"), FEATURE_NAMES.index("ids_short")
+
+    def named(**bits: float) -> str:
+        row = list(quiet)
+        for name, value in bits.items():
+            row[FEATURE_NAMES.index(name)] = value
+        _, surprise = site_model.score(row)
+        assert max(surprise) >= site_model.alarm_surprise
+        if bits.keys() == {"rate_burst", "ids_short"} and bits["ids_short"] <= bits["rate_burst"] + 0.5:
+            assert surprise[ids] > surprise[rate]  # the ids alone would be named
+        return stage._factors(surprise, row)[0].name
+
+    assert named(rate_burst=6.0, ids_short=6.4) == "rate_burst"  # a burst: as many new ids as calls
+    assert named(rate_burst=6.0, ids_short=9.0) == "ids_short"  # far more distinct ids than the calls explain
+    assert named(rate_burst=6.0, ids_short=6.3, id_walk=4.0) == "id_walk"  # an enumeration at speed
+    assert named(ids_short=6.0) == "ids_short"
+
+
 def _capped_from(model: AnomalyModel, feature: str) -> float:
     """The smallest value of `feature` (alone) whose surprise is at its cap, found by bisection."""
     index = FEATURE_NAMES.index(feature)
@@ -153,36 +179,8 @@ def test_two_capped_features_at_once_are_named_by_how_far_each_moved(site_model:
         row[subnet] = subnet_cap + (2.0 if far == subnet else 0.125)  # half a level for subnets
         score, surprise = site_model.score(row)
         assert score <= RiskConfig().default_max_risk  # still never denied on their own
-        assert [f.name for f in scorer(site_model)._factors(surprise, row)[:2]] == [
-            FEATURE_NAMES[far],
-            FEATURE_NAMES[near],
-        ]
-
-
-def test_among_volume_features_the_one_that_explains_the_others_is_named_first(site_model: AnomalyModel) -> None:
-    """A burst of the edge's own mix on a large id space reads a new id on nearly every call: the calls moved, and
-    `rate_burst` is named even where the distinct ids are a shade more surprising. Ids that rose well beyond the
-    calls are named themselves; a sequential walk explains both."""
-    stage = scorer(site_model)
-    t = steady(stage)
-    call, caller = parsed(FRONTEND, "/products/7", at=t)
-    quiet = stage.state.features(facts_from_call(call, caller, call.path, t), site_model.baseline)
-    rate, ids = FEATURE_NAMES.index("rate_burst"), FEATURE_NAMES.index("ids_short")
-
-    def named(**bits: float) -> str:
-        row = list(quiet)
-        for name, value in bits.items():
-            row[FEATURE_NAMES.index(name)] = value
-        _, surprise = site_model.score(row)
-        assert max(surprise) >= site_model.alarm_surprise
-        if bits.keys() == {"rate_burst", "ids_short"} and bits["ids_short"] <= bits["rate_burst"] + 0.5:
-            assert surprise[ids] > surprise[rate]  # the ids alone would be named
-        return stage._factors(surprise, row)[0].name
-
-    assert named(rate_burst=6.0, ids_short=6.4) == "rate_burst"  # a burst: as many new ids as calls
-    assert named(rate_burst=6.0, ids_short=9.0) == "ids_short"  # far more distinct ids than the calls explain
-    assert named(rate_burst=6.0, ids_short=6.3, id_walk=4.0) == "id_walk"  # an enumeration at speed
-    assert named(ids_short=6.0) == "ids_short"
+        named = [f.name for f in scorer(site_model)._factors(surprise, row)[:2]]
+        assert named == [FEATURE_NAMES[far], FEATURE_NAMES[near]]
 
 
 # --- no feedback loops ----------------------------------------------------------------------------------------
