@@ -287,7 +287,10 @@ times it; a template busier than that sees the same saturation in its baseline, 
 _LONG_WINDOW_S = 3600.0
 _HOUR_DECAY_S = 3600.0
 _MAX_TEMPLATES = 32
-"""Templates remembered per edge (a deploy adds a few; probing more than this saturates `route_unusual`)."""
+"""Templates remembered per edge (a deploy adds a few). A new one replaces the one learned least in the last hour:
+ids that do not fold (a base64 token of letters only, one in 40 of 22-character tokens) make one-off templates,
+and when the first 32 won for good, a busy token route filled the table within hours and its real template, seen
+later, had no walk or id counts at all (the lab's identity/auth: 0 of 176 low-and-slow calls alarmed)."""
 _MAX_METHODS = 8
 _MAX_SUBNETS = 16
 _MAX_CERT_ADDRESSES = 4
@@ -666,7 +669,9 @@ class BehaviourState:
             edge.minute_count += 1
             templates = edge.templates
             template = templates.get(facts.template)
-            if template is None and len(templates) < _MAX_TEMPLATES:
+            if template is None:
+                if len(templates) >= _MAX_TEMPLATES:  # the rarest goes: a one-off path, not the edge's routes
+                    del templates[min(templates, key=lambda k: _decayed(templates[k].rate, templates[k].rate_at, ts))]
                 template = templates[facts.template] = _Template()
             if template is not None and facts.last_id:
                 _walk(template, facts, True)  # before the id is counted: a walk takes only ids not seen lately

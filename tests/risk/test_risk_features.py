@@ -166,6 +166,21 @@ def test_a_sequential_walk_is_seen_through_interleaved_ordinary_ids() -> None:
     assert feature(state, facts(walker, "/orders/77777", t=t), "id_walk") == 0.0
 
 
+def test_one_off_paths_do_not_crowd_an_edges_real_route_out_of_the_state() -> None:
+    """Tokens of letters only do not fold into an id, so each makes a template of its own; 40 of them must not
+    leave the edge's real route, seen next, without its walk."""
+    state = BehaviourState(RiskConfig())
+    caller = workload("identity/auth", "10.1.3.8")
+    t = at(1)
+    for i in range(40):
+        learn(state, facts(caller, f"/users/{'abcdefghijklmnopqrstuv'[i % 22 :] + 'x' * (i // 22 + 1)}/sessions", t=t))
+        t += 5
+    for i in range(30):
+        learn(state, facts(caller, f"/users/{43_000 + i}/sessions", t=t), Learning.NOTHING)
+        t += 60
+    assert feature(state, facts(caller, "/users/43030/sessions", t=t), "id_walk") > 4  # log2(31)
+
+
 def test_a_walk_goes_on_across_skipped_ids_and_chance_walks_over_popular_ids_stay_short() -> None:
     """Low and slow: one id every one to two minutes for three hours, every fourth step skipping two or three ids
     that do not exist. The walk keeps growing; reads of a few popular ids, which land a stride apart all the time,
