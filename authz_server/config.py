@@ -57,11 +57,11 @@ class Config:
     """Address of the gRPC server (Check, health, reflection). Use 0.0.0.0:9191 in a pod, or `unix:/PATH` for a
     Unix domain socket that the pod's own Envoy reaches on a shared volume (one process: workers 0 or 1)."""
     transport: Literal["h2", "aio", "sync"] = "h2"
-    """gRPC server implementation. h2: unary gRPC on asyncio (uvloop) with the pure-Python h2 library, one thread;
-    about 40% less CPU per check than grpc.aio on the always-allow floor and 25% less with every stage on, through
-    Envoy (benchmarks/RESULTS.md, "The h2 transport"); serves Check and grpc.health.v1 (Check, Watch), not server
-    reflection. aio: grpc.aio, the same calls plus server reflection. sync: grpcio's
-    thread-pool server, twice aio's server-side latency (handler threads contend for the GIL around the ONNX
+    """gRPC server implementation. All three serve the same calls: Check, grpc.health.v1 (Check, Watch) and
+    server reflection (grpc.reflection.v1alpha, what `grpcurl list` asks). h2: gRPC on asyncio (uvloop) with the
+    pure-Python h2 library, one thread; about 40% less CPU per check than grpc.aio on the always-allow floor and
+    25% less with every stage on, through Envoy (benchmarks/RESULTS.md, "The h2 transport"). aio: grpc.aio.
+    sync: grpcio's thread-pool server, twice aio's server-side latency (handler threads contend for the GIL around the ONNX
     model, benchmarks/RESULTS.md, "sync or aio")."""
     workers: int = 0
     """Server processes sharing the port through SO_REUSEPORT; 0 means one per CPU."""
