@@ -61,8 +61,8 @@ class Config:
     server reflection (grpc.reflection.v1alpha, what `grpcurl list` asks). h2: gRPC on asyncio (uvloop) with the
     pure-Python h2 library, one thread; about 40% less CPU per check than grpc.aio on the always-allow floor and
     25% less with every stage on, through Envoy (benchmarks/RESULTS.md, "The h2 transport"). aio: grpc.aio.
-    sync: grpcio's thread-pool server, twice aio's server-side latency (handler threads contend for the GIL around the ONNX
-    model, benchmarks/RESULTS.md, "sync or aio")."""
+    sync: grpcio's thread-pool server, twice aio's server-side latency (handler threads contend for the GIL
+    around the ONNX model, benchmarks/RESULTS.md, "sync or aio")."""
     workers: int = 0
     """Server processes sharing the port through SO_REUSEPORT; 0 means one per CPU."""
     threads: int = 4
