@@ -422,6 +422,8 @@ class _Connection(asyncio.Protocol):
                 timeout = value
             elif name == _XFCC:
                 metadata.append((XFCC_METADATA, value.decode("latin-1")))
+        if self._gone(stream_id):
+            return
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
             # Not gRPC at all: HTTP's own answer, as grpc-core gives (415 for a wrong content type).
             status = b"405" if method != b"POST" else b"415"
@@ -616,10 +618,12 @@ class _Connection(asyncio.Protocol):
         """The call ends with an error: trailers-only, or trailers after the answers a streaming call has sent."""
         stream = self.streams.get(stream_id)
         self._forget(stream_id)
+        self.pending.pop(stream_id, None)
         if stream is None or not stream.started:
             self._refuse(stream_id, code, message)
             return
-        self.pending.pop(stream_id, None)
+        if self._gone(stream_id):
+            return
         try:
             self.h2.send_headers(stream_id, _status_trailers(code, message), end_stream=True)
         except h2.exceptions.StreamClosedError:
@@ -628,6 +632,8 @@ class _Connection(asyncio.Protocol):
 
     def _refuse(self, stream_id: int, code: grpc.StatusCode, message: str) -> None:
         """A trailers-only answer with a gRPC status; the stream is reset if the client is still sending."""
+        if self._gone(stream_id):
+            return
         try:
             self.h2.send_headers(stream_id, [*_RESPONSE_HEADERS, *_status_trailers(code, message)], end_stream=True)
         except h2.exceptions.StreamClosedError:

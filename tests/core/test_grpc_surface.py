@@ -25,6 +25,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -232,12 +233,13 @@ class RawClient:
     def flush(self) -> None:
         self.sock.sendall(self.h2.data_to_send())
 
-    def open(self, path: str = CHECK, extra: tuple[tuple[str, str], ...] = ()) -> int:
+    def open(self, path: str = CHECK, extra: tuple[tuple[str, str], ...] = (), flush: bool = True) -> int:
         stream_id: int = self.h2.get_next_available_stream_id()
         headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "authz"),
                    ("content-type", "application/grpc"), ("te", "trailers"), *extra]  # fmt: skip
         self.h2.send_headers(stream_id, headers)
-        self.flush()
+        if flush:
+            self.flush()
         return stream_id
 
     def send(self, stream_id: int, data: bytes, end: bool) -> None:
@@ -349,18 +351,27 @@ def test_h2_calls_past_the_admission_bound_are_refused_before_their_body(tmp_pat
             client.close()
 
 
-def test_h2_a_call_reset_in_the_read_that_ends_it_leaves_the_connection_serving(tmp_path: Path) -> None:
-    # Envoy cancels a check whose timeout passed; under load the cancel arrives in the same read as the body.
+def test_h2_calls_reset_in_the_read_that_ends_them_leave_the_connection_serving(tmp_path: Path) -> None:
+    # Envoy cancels a check whose timeout passed; under load the cancel arrives in the same read as the body, and
+    # the next call's HEADERS with them (h2 then drops the reset streams: an answer sent to one was taken for a new
+    # stream and ended the connection).
     with _serve(tmp_path, "h2") as running:
         body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
         client = RawClient(running.port)
         try:
-            cancelled = client.open()
+            # As grpc-core's clients do (they take no pushed streams): h2 refuses to open a stream towards them.
+            client.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+            cancelled, asked = client.open(), client.open(REFLECTION)
+            client.h2.ping(b"headers!")
+            client.flush()
+            client.read_until(h2.events.PingAckReceived)  # the server has read both calls' HEADERS
             client.h2.send_data(cancelled, body, end_stream=True)
             client.h2.reset_stream(cancelled, h2.errors.ErrorCodes.CANCEL)
-            client.flush()  # the body, its end and the reset in one write
-            answered = client.open()
-            client.send(answered, body, end=True)
+            client.h2.send_data(asked, _framed(Question(list_services="").SerializeToString()))
+            client.h2.reset_stream(asked, h2.errors.ErrorCodes.CANCEL)
+            answered = client.open(flush=False)
+            client.h2.send_data(answered, body, end_stream=True)
+            client.flush()  # all of it in one write
             client.read_until(answered)
             assert client.trailers(answered)[b"grpc-status"] == b"0"
         finally:
