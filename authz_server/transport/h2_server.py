@@ -485,12 +485,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             reply = self.server.answer(stream, _unframe(body))
-        except CheckRefused as refused:
-            self._fail(stream_id, refused.code, str(refused))
-            return
-        except Exception:
-            log.exception("a call failed")
-            self._fail(stream_id, grpc.StatusCode.INTERNAL, "internal error")
+        except Exception as exc:
+            self._failed(stream_id, exc)
             return
         try:
             self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
@@ -508,12 +504,8 @@ class _Connection(asyncio.Protocol):
             messages, rest = split_messages(data)
             stream.need = message_end(rest)
             replies = b"".join(_frame(self.server.reflection.answer(_unframe(message))) for message in messages)
-        except CheckRefused as refused:
-            self._fail(stream_id, refused.code, str(refused))
-            return
-        except Exception:
-            log.exception("a reflection call failed")
-            self._fail(stream_id, grpc.StatusCode.INTERNAL, "internal error")
+        except Exception as exc:
+            self._failed(stream_id, exc)
             return
         self.server.buffered -= len(data) - len(rest)
         stream.body, stream.size = [rest] if rest else [], len(rest)
@@ -613,6 +605,14 @@ class _Connection(asyncio.Protocol):
                 self._forget(stream_id)
                 self._unwatch(stream_id)
             self._count_unsent(stream_id)
+
+    def _failed(self, stream_id: int, exc: Exception) -> None:
+        """An answer raised: its gRPC error (CheckRefused), or INTERNAL for a bug, logged."""
+        if isinstance(exc, CheckRefused):
+            self._fail(stream_id, exc.code, str(exc))
+            return
+        log.error("a call failed", exc_info=exc)
+        self._fail(stream_id, grpc.StatusCode.INTERNAL, "internal error")
 
     def _fail(self, stream_id: int, code: grpc.StatusCode, message: str) -> None:
         """The call ends with an error: trailers-only, or trailers after the answers a streaming call has sent."""
