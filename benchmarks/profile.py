@@ -66,7 +66,7 @@ def summarise(collapsed: Path, top: int) -> tuple[int, list[tuple[str, int, int]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--via", choices=("grpc", "envoy"), default="grpc", help="h2load straight, or wrk via Envoy")
-    parser.add_argument("--transport", default="h2", help="h2 (the default), aio or sync")
+    parser.add_argument("--transport", default="aio", help="aio (the default), h2 or sync")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rate", type=int, default=400, help="py-spy samples per second")

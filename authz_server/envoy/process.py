@@ -114,6 +114,8 @@ class EnvoyProcess:
                 self.process.wait()
 
     def __enter__(self) -> EnvoyProcess:
+        if self.process is not None:  # `with EnvoyProcess(...).start():` must not start a second Envoy
+            return self
         return self.start()
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:

@@ -9,9 +9,12 @@ Layout (version 1), all counts over `days` days of log:
 
     {"version": 1, "days": 2.0,
      "edges": {"<caller> <callee>": {"calls": n, "hours": [24 counts by UTC hour], "minute_max": [24 maxima],
-               "templates": {"<template>": {"calls": n, "ids_short": x, "ids_long": x, "walk": n,
-                                           "methods": {"GET": [calls, usual size or -1]}}}}},
+               "span": s, "templates": {"<template>": {"calls": n, "ids_short": x, "ids_long": x, "walk": n,
+                                                      "span": s, "methods": {"GET": [calls, usual size or -1]}}}}},
      "subnets": {"<caller>": ["10.1.2.0/24", "10.1.0.0/16", ...]}}
+
+`span` (seconds from the first to the last call in the log) is optional: a baseline written without it trusts
+every template's own norms.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BASELINE_VERSION = 1
+SETTLED_S = 86400.0
+"""A template's own norms are trusted once the log saw it for a day (or for as long as its edge, when the edge is
+younger, less an hour): distinct ids, sizes and method mix follow the time of day, so a route a deploy moved to
+`/v2/` in the log's last hours has norms from a quiet evening only, and its next ordinary day would read as an
+enumeration on every busy hour. Until then its edge's norms stand in (pooled over the edge's templates)."""
+_SETTLE_SLACK_S = 3600.0
 
 
 class BaselineError(ValueError):
@@ -44,6 +53,8 @@ class TemplateBaseline:
     ids_long: float
     walk: int
     methods: dict[str, MethodBaseline]
+    span: float = -1.0
+    """Seconds from its first to its last call in the log; -1 unknown (trusted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,8 @@ class EdgeBaseline:
     hours: tuple[int, ...]
     minute_max: tuple[float, ...]
     templates: dict[str, TemplateBaseline]
+    span: float = -1.0
+    """Seconds from its first to its last call in the log; -1 unknown."""
     ids_short: float = field(init=False, default=0.0)
     """The most of any of the edge's templates (derived, not stored): a template new since training is compared
     with its edge's others, so a deploy's `/v2/` routes are not an enumeration."""
@@ -60,6 +73,13 @@ class EdgeBaseline:
     busiest_minute: float = field(init=False, default=0.0)
     """The edge's busiest minute at any hour (derived): what a burst at an hour the edge never works is measured
     against, so a single off-hours call is `hour_unusual`'s, not a "burst" against a busiest minute of 0."""
+    methods: dict[str, MethodBaseline] = field(init=False, default_factory=dict)
+    """Per method over all the edge's templates (derived): calls summed, the largest usual size. What a template
+    new or young since training is judged on (`young`); its keys tell an edge that only ever read from one that
+    writes (features.py, `method_unusual`)."""
+    young: frozenset[str] = field(init=False, default=frozenset())
+    """Templates seen for less than `SETTLED_S` while their edge was seen longer (derived): their ids, sizes and
+    method mix are judged against the edge's, not against a few hours of their own."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "busiest_minute", max(self.minute_max, default=0.0))
@@ -67,6 +87,17 @@ class EdgeBaseline:
         object.__setattr__(self, "ids_short", max((t.ids_short for t in templates), default=0.0))
         object.__setattr__(self, "ids_long", max((t.ids_long for t in templates), default=0.0))
         object.__setattr__(self, "walk", max((t.walk for t in templates), default=0))
+        methods: dict[str, MethodBaseline] = {}
+        for t in templates:
+            for name, m in t.methods.items():
+                pooled = methods.get(name)
+                if pooled is not None:
+                    m = MethodBaseline(pooled.calls + m.calls, max(pooled.size, m.size))
+                methods[name] = m
+        object.__setattr__(self, "methods", methods)
+        settled = min(self.span, SETTLED_S) - _SETTLE_SLACK_S
+        young = frozenset(name for name, t in self.templates.items() if 0 <= t.span < settled)
+        object.__setattr__(self, "young", young)
 
 
 @dataclass(frozen=True)
@@ -74,6 +105,13 @@ class Baseline:
     days: float = 0.0
     edges: dict[str, EdgeBaseline] = field(default_factory=dict)
     known_subnets: dict[str, frozenset[str]] = field(default_factory=dict)
+    prefixes: frozenset[str] = field(init=False, default=frozenset())
+    """The site's address space (derived): every /16 (IPv6 /48) any caller's pods used. An address outside it is
+    not a pod of this mesh (features.py, `source_new`)."""
+
+    def __post_init__(self) -> None:
+        wide = frozenset(n for nets in self.known_subnets.values() for n in nets if n.endswith(("/16", "/48")))
+        object.__setattr__(self, "prefixes", wide)
 
     @property
     def per_day(self) -> float:
@@ -95,12 +133,14 @@ class Baseline:
                     "calls": e.calls,
                     "hours": list(e.hours),
                     "minute_max": list(e.minute_max),
+                    "span": e.span,
                     "templates": {
                         name: {
                             "calls": t.calls,
                             "ids_short": t.ids_short,
                             "ids_long": t.ids_long,
                             "walk": t.walk,
+                            "span": t.span,
                             "methods": {m: [b.calls, b.size] for m, b in sorted(t.methods.items())},
                         }
                         for name, t in sorted(e.templates.items())
@@ -128,9 +168,11 @@ class Baseline:
                             float(t["ids_long"]),
                             int(t["walk"]),
                             {str(m): MethodBaseline(int(b[0]), int(b[1])) for m, b in t["methods"].items()},
+                            float(t.get("span", -1.0)),
                         )
                         for name, t in e["templates"].items()
                     },
+                    float(e.get("span", -1.0)),
                 )
                 for key, e in data["edges"].items()
             }

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import re
 import threading
 import zlib
 from array import array
@@ -31,6 +32,7 @@ from enum import IntFlag
 from functools import lru_cache
 from typing import TYPE_CHECKING, TypeVar
 
+from authz_server.risk.baseline import EMPTY
 from authz_server.risk.config import RiskConfig
 from authz_server.routes import fold
 
@@ -72,7 +74,12 @@ FEATURES: tuple[Feature, ...] = (
         True,
     ),
     Feature(
-        "method_unusual", "log2((template calls a day + 1) / (calls a day with this method on it + 1))", 24.0, 2.0, True
+        "method_unusual",
+        "log2((template calls a day + 1) / (calls a day with this method on it + 1)); a write (not GET, HEAD, "
+        "OPTIONS, TRACE) on an edge whose baseline only reads: log2(edge calls a day + 1), never learned online",
+        24.0,
+        2.0,
+        True,
     ),
     Feature(
         "hour_unusual",
@@ -104,8 +111,8 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "id_walk",
-        "log2((length of the walk this id continues + 1) / (the baseline's longest + 1)); a walk: numeric ids one "
-        "stride (1-8) apart, again and again",
+        "log2((length of the walk this id continues + 1) / (the baseline's longest + 1)); a walk: numeric ids going "
+        "one way by a stride (1-8), skipping at most 7 strides at a time",
         16.0,
         1.0,
     ),
@@ -125,7 +132,11 @@ FEATURES: tuple[Feature, ...] = (
         True,  # pods rescheduled onto a new node: annotated, learned, never denied on this alone
     ),
     Feature(
-        "serial_multi_source", "other source addresses this certificate was seen from in the last 10 minutes", 3.0, 0.5
+        "serial_multi_source",
+        "other source addresses this certificate was seen from, counted on the copy: a call away from the caller's "
+        "known subnets, or inside them at another address than the certificate's first (0 for the pod itself)",
+        3.0,
+        0.5,
     ),
     Feature(
         "svid_age", "share of the SVID's lifetime elapsed (0 when unknown): the same for 1 h and 24 h SVIDs", 2.0, 0.1
@@ -255,8 +266,16 @@ def subnets(address: str) -> tuple[str, str]:
 
 
 _DIGITS_MAX = 15
+_SLUG_DIGITS = 3
+"""The digit run a slug id must end in to count as a number: the run `routes.fold` needs to call a slug an id."""
+_DIGEST = re.compile(r"[0-9a-fA-F]{8,}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _WALK_STEP = 8
 """Ids at most this far apart continue a walk: enumeration by +1 (or by a small stride, or skipping gaps)."""
+_WALK_GAP = 8
+"""A walk goes on across a step of up to this many strides in its direction: enumeration skips ids that do not exist
+(deleted rows, a sparse key space, an attacker jittering its pace), and one skipped id must not reset the run to 0.
+Ordinary reads of a popular id range continue a walk by chance more often with it; the baseline's longest walk per
+template, measured with the same rule, absorbs that."""
 _WALK_HEADS = 4
 _WALK_IDLE_S = 3600.0
 """A walk not extended for this long is over: low-and-slow enumeration at one id a minute keeps its walk."""
@@ -268,15 +287,32 @@ times it; a template busier than that sees the same saturation in its baseline, 
 _LONG_WINDOW_S = 3600.0
 _HOUR_DECAY_S = 3600.0
 _MAX_TEMPLATES = 32
-"""Templates remembered per edge (a deploy adds a few; probing more than this saturates `route_unusual`)."""
+"""Templates remembered per edge (a deploy adds a few). A new one replaces the one learned least in the last hour:
+ids that do not fold (a base64 token of letters only, one in 40 of 22-character tokens) make one-off templates,
+and when the first 32 won for good, a busy token route filled the table within hours and its real template, seen
+later, had no walk or id counts at all (the lab's identity/auth: 0 of 176 low-and-slow calls alarmed)."""
 _MAX_METHODS = 8
 _MAX_SUBNETS = 16
 _MAX_CERT_ADDRESSES = 4
-_CERT_WINDOW_S = 600.0
+_MAX_PREFIXES = 4096
+"""/16s (/48s) remembered as the site's address space, and outside it with their witnesses: 4,096 covers every /16
+of 10.0.0.0/8 sixteen times over (~1 MB at most with three witnesses each)."""
+_SITE_WITNESSES = 3
 _EDGE_NEW_SCALE = 256.0
 _HOURS_KNOWN = 48
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+"""RFC 9110's safe methods: a caller that only uses these reads. Anything else changes the callee's state."""
+_READS_ONLY_CALLS = 50
+"""Calls a baseline edge needs, all safe, to count as a reader: 50 reads and no write put writes under 6% of its
+calls (the rule of three, 95%), where one write among them would be an ordinary, rare method."""
 _MIN_CALLS_FOR_PEAK = 60
 """An edge without a baseline compares its minute rate with the peak it learned online after this many calls."""
+PEAK_HEADROOM = 4.0
+"""`rate_burst` reads a minute against the edge's busiest minute at this hour, or this many times its average
+minute at this hour (+-1 h) when that is more. A short log's busiest minute is a Poisson maximum, 1.5-2x the
+average on a busy edge: a sale, a launch or a failover runs 2-3.5x the usual rate for hours and is not an attack,
+while a script hammering an edge runs 10x and more. On a quiet edge (a call a minute) the busiest minute is
+already several times the average, so the headroom changes nothing there."""
 
 
 def _distinct(bits: int, width: int) -> float:
@@ -288,12 +324,17 @@ def _distinct(bits: int, width: int) -> float:
 
 
 def _numeric(identifier: str) -> int | None:
-    """The id as a number when it is one (or ends in one, like `SKU-01234`), for walks; else None."""
+    """The id as a number when it is one, or ends in a run of three or more digits after a prefix (`SKU-01234`,
+    `inv_000187`): what an enumeration can count up. A hexadecimal digest or a UUID is None although it often ends
+    in digits: those are a random tail (a digest ends in two or more digits one time in five), and walks over them
+    would be chance, raising the baseline's longest walk for every route that uses digests."""
+    if identifier.isdigit():
+        return int(identifier) if len(identifier) <= _DIGITS_MAX else None
     end = len(identifier)
     start = end
     while start > 0 and identifier[start - 1].isdigit():
         start -= 1
-    if start == end or end - start > _DIGITS_MAX:
+    if end - start < _SLUG_DIGITS or end - start > _DIGITS_MAX or _DIGEST.fullmatch(identifier):
         return None
     return int(identifier[start:end])
 
@@ -399,6 +440,10 @@ class BehaviourState:
         self._edges: OrderedDict[tuple[str, str], _Edge] = OrderedDict()
         self._subnets: OrderedDict[str, dict[str, None]] = OrderedDict()
         self._certificates: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._prefixes: OrderedDict[str, None] = OrderedDict()
+        """The site's address space learned online: /16s (/48s) some caller's pods were learned in."""
+        self._witnesses: OrderedDict[str, dict[str, None]] = OrderedDict()
+        """/16s (/48s) outside it, with the identities that came from there with low risk (fewer than 3)."""
 
     def started_at(self, now: float) -> float:
         """When this state started learning: the first time it was asked (the warm-up shadow counts from it, on
@@ -475,12 +520,14 @@ class BehaviourState:
             template = edge.templates.get(facts.template) if edge is not None else None
             activity = self._activity(edge, template, facts)
             known_subnets = self._subnets.get(facts.caller)
-            has_subnet = known_subnets is not None and _has_subnet(known_subnets, facts.address)
+            narrow, wide = subnets(facts.address)
+            has_subnet = not narrow or (known_subnets is not None and narrow in known_subnets)
+            site = not has_subnet and wide in self._prefixes
             seen_from = self._certificates.get(facts.certificate) if facts.certificate else None
-            others = 0
+            first, elsewhere = "", 0
             if seen_from:
-                horizon = ts - _CERT_WINDOW_S
-                others = sum(1 for address, at in seen_from.items() if at >= horizon and address != facts.address)
+                first = next(iter(seen_from))
+                elsewhere = len(seen_from) - (facts.address in seen_from)
             online_edge = _decayed(edge.rate, edge.rate_at, ts) if edge is not None else 0.0
             online_template = _decayed(template.rate, template.rate_at, ts) if template is not None else 0.0
             method = template.methods.get(facts.method) if template is not None else None
@@ -499,6 +546,10 @@ class BehaviourState:
         known = baseline.edge(facts.caller, facts.callee)
         known_template = known.templates.get(facts.template) if known is not None else None
         known_method = known_template.methods.get(facts.method) if known_template is not None else None
+        # A template new or young since training (a deploy's `/v2/` routes) is judged on its edge's norms: a few
+        # hours of its own (or none) say nothing about its busy hours (baseline.SETTLED_S).
+        unsettled = known is not None and (known_template is None or facts.template in known.young)
+        edge_method = known.methods.get(facts.method) if unsettled and known is not None else None
         per_day = baseline.per_day
 
         edge_novelty = 0.0 if known is not None else _EDGE_NEW_SCALE / (_EDGE_NEW_SCALE + learned)
@@ -507,7 +558,16 @@ class BehaviourState:
         template_day = (known_template.calls * per_day if known_template is not None else 0.0) + 24.0 * online_template
         method_day = (known_method.calls * per_day if known_method is not None else 0.0) + 24.0 * online_method
         route_unusual = _ratio_bits(edge_day, template_day) if edge_day > 0 else 0.0
-        method_unusual = _ratio_bits(template_day, method_day) if template_day > 0 else 0.0
+        if known is not None and facts.method not in SAFE_METHODS and _reads_only(known):
+            # A write from a caller that, in the whole site log, only ever read from this callee: judged on the
+            # baseline alone, against the edge's calls. Online learning would make the 2nd..30th DELETE of a
+            # compromised reader look ordinary within minutes; a deploy that gives a reader a write path stays
+            # annotated (never denied: the feature is capped) until the next `model train` sees it.
+            method_unusual = _ratio_bits(known.calls * per_day, 0.0)
+        else:
+            method_unusual = _ratio_bits(template_day, method_day) if template_day > 0 else 0.0
+            if unsettled and known is not None:  # the method's share of the edge, when that is the smaller surprise
+                method_unusual = min(method_unusual, _ratio_bits(known.calls, edge_method.calls if edge_method else 0))
 
         total = learned
         if known is not None:
@@ -516,19 +576,30 @@ class BehaviourState:
             around += known.hours[hour - 1] + known.hours[later]
         hour_unusual = _ratio_bits(2 * total / 24, at_hour + around / 2) if total >= _HOURS_KNOWN else 0.0
 
+        # `volume`: how far the peak headroom lifts the edge's busiest minute. Distinct ids in a minute or two rise
+        # as far in a legitimate peak (a sale reads more products), so `ids_short` gets the same room; and a burst
+        # of the edge's own mix, repeating its popular ids, then moves `rate_burst` more than `ids_short`.
+        volume = 1.0
         if known is not None:
             peak = known.minute_max
             busiest = float(max(peak[hour - 1], peak[hour], peak[later])) or known.busiest_minute
+            hourly = known.hours
+            usual = max(hourly[hour - 1], hourly[hour], hourly[later]) or max(hourly)
+            # Each hour of day was seen about `days` times (once, in a log shorter than a day).
+            headroom = PEAK_HEADROOM * usual / (60.0 * max(baseline.days, 1.0))
+            if headroom > busiest:
+                volume = headroom / busiest if busiest > 0 else 1.0
+                busiest = headroom
         else:
             busiest = online_peak
         rate_burst = _ratio_bits(activity.calls_minute, busiest) if busiest >= 0 else 0.0
 
-        # Ids against the template's baseline; a template new since training against its edge's others; an edge
-        # new since training is neutral here (it is novel: `edge_novelty` speaks); with no baseline at all (the
-        # bundled model) the counts themselves, which its calibration saw across many sites.
-        ids_usual: TemplateBaseline | EdgeBaseline | None = known_template or known
+        # Ids against the template's baseline; a template new or young since training against its edge's most; an
+        # edge new since training is neutral here (it is novel: `edge_novelty` speaks); with no baseline at all
+        # (the bundled model) the counts themselves, which its calibration saw across many sites.
+        ids_usual: TemplateBaseline | EdgeBaseline | None = known if unsettled else known_template
         if ids_usual is not None:
-            ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short)
+            ids_short = _ratio_bits(activity.ids_short, ids_usual.ids_short * volume)
             ids_long = _ratio_bits(activity.ids_long, ids_usual.ids_long)
             id_walk = _ratio_bits(activity.walk, ids_usual.walk)
         elif baseline.edges:
@@ -541,14 +612,32 @@ class BehaviourState:
         size_unusual = 0.0
         if facts.size >= 0:
             usual = known_method.size if known_method is not None else -1
+            if edge_method is not None and edge_method.size > usual:
+                usual = edge_method.size
             if usual < 0:
                 usual = online_size
             if usual >= 0:
                 size_unusual = _ratio_bits(facts.size, usual)
 
         source_new = 0.0
+        caller_nets = baseline.subnets(facts.caller)
         if not has_subnet:
-            source_new = _subnet_novelty(baseline.subnets(facts.caller), known_subnets, facts.address)
+            site = site or wide in baseline.prefixes
+            source_new = _subnet_novelty(caller_nets, known_subnets, narrow, wide, site)
+
+        # An SVID is issued to one pod, whose address does not change while it lives: one certificate from two
+        # addresses is a copy, for as long as the certificate is remembered (a copy of the SVID its pod rotated
+        # away from an hour ago is still a copy). Which one is the copy: the one away from the caller's usual
+        # subnets; between two addresses inside them, the later one. So the pod itself is never the one counted,
+        # even when the copy was used first.
+        others = 0
+        if elsewhere:
+            if source_new > 0:
+                others = elsewhere
+            elif first != facts.address:
+                first_net = subnets(first)[0]
+                if first_net in caller_nets or (known_subnets is not None and first_net in known_subnets):
+                    others = elsewhere
 
         svid_age = 0.0
         issued, expires = facts.issued_at, facts.expires_at
@@ -563,8 +652,9 @@ class BehaviourState:
 
     # --- writing --------------------------------------------------------------------------------------------
 
-    def observe(self, facts: CallFacts, learning: Learning) -> None:
-        """Count a call policy let through as recent activity; learn from it what `learning` allows."""
+    def observe(self, facts: CallFacts, learning: Learning, baseline: Baseline = EMPTY) -> None:
+        """Count a call policy let through as recent activity; learn from it what `learning` allows (`baseline`:
+        the model's, which says which address ranges the site's pods use)."""
         ts = facts.ts
         key = (facts.caller, facts.callee)
         with self._lock:
@@ -579,11 +669,13 @@ class BehaviourState:
             edge.minute_count += 1
             templates = edge.templates
             template = templates.get(facts.template)
-            if template is None and len(templates) < _MAX_TEMPLATES:
+            if template is None:
+                if len(templates) >= _MAX_TEMPLATES:  # the rarest goes: a one-off path, not the edge's routes
+                    del templates[min(templates, key=lambda k: _decayed(templates[k].rate, templates[k].rate_at, ts))]
                 template = templates[facts.template] = _Template()
             if template is not None and facts.last_id:
+                _walk(template, facts, True)  # before the id is counted: a walk takes only ids not seen lately
                 _count_id(template, facts, self.window_s)
-                _walk(template, facts, True)
             if facts.certificate:
                 self._seen_from(facts)
 
@@ -604,7 +696,7 @@ class BehaviourState:
                 else:
                     method[0] = _decayed(method[0], method[1], ts) + 1.0
                     method[1] = max(ts, method[1])
-            self._learn_subnet(facts)
+            self._learn_subnet(facts, baseline)
 
             if learning is not Learning.EVERYTHING:
                 return
@@ -619,36 +711,58 @@ class BehaviourState:
         if addresses is None:
             addresses = _remember(self._certificates, facts.certificate, {}, self._max_identities)
         addresses[facts.address] = facts.ts
-        if len(addresses) > _MAX_CERT_ADDRESSES:
-            oldest = min(addresses, key=addresses.__getitem__)
+        if len(addresses) > _MAX_CERT_ADDRESSES:  # the owner (first, in insertion order) stays
+            owner = next(iter(addresses))
+            oldest = min((a for a in addresses if a != owner), key=addresses.__getitem__)
             del addresses[oldest]
 
-    def _learn_subnet(self, facts: CallFacts) -> None:
+    def _learn_subnet(self, facts: CallFacts, baseline: Baseline) -> None:
+        """A new /24 (/64) becomes the caller's when it lies in the site's address space (a pod rescheduled onto
+        another node of the mesh) or is the caller's first address. An address outside it is learned only once
+        _SITE_WITNESSES identities came from its /16 (/48) with low risk: a new node pool hosts many workloads,
+        one stolen SVID used from a laptop or another network is one identity, and stays `source_new` 2."""
         narrow, wide = subnets(facts.address)
         if not narrow:
             return
         known = _recall(self._subnets, facts.caller)
+        if known is not None and (narrow in known or len(known) >= _MAX_SUBNETS):
+            return
+        inside = (
+            (not known and not baseline.subnets(facts.caller))
+            or (known is not None and wide in known)
+            or wide in baseline.prefixes
+            or wide in self._prefixes
+        )
+        if not inside:
+            witnesses = _recall(self._witnesses, wide)
+            if witnesses is None:
+                witnesses = _remember(self._witnesses, wide, {}, _MAX_PREFIXES)
+            witnesses[facts.caller] = None
+            if len(witnesses) < _SITE_WITNESSES:
+                return
+            del self._witnesses[wide]
         if known is None:
             known = _remember(self._subnets, facts.caller, {}, self._max_identities)
-        if narrow not in known and len(known) < _MAX_SUBNETS:
-            known[narrow] = None
-            known[wide] = None
+        known[narrow] = None
+        known[wide] = None
+        _remember(self._prefixes, wide, None, _MAX_PREFIXES)
 
 
-def _has_subnet(known: dict[str, None], address: str) -> bool:
-    narrow = subnets(address)[0]
-    return not narrow or narrow in known
+def _reads_only(edge: EdgeBaseline) -> bool:
+    return edge.calls >= _READS_ONLY_CALLS and edge.methods.keys() <= SAFE_METHODS
 
 
-def _subnet_novelty(baseline: frozenset[str], online: dict[str, None] | None, address: str) -> float:
-    """0 in a known /24 (/64), 1 in a known /16 (/48) only, 2 elsewhere; 0 for a caller with no known address yet
-    (its first address is learned, not judged)."""
-    narrow, wide = subnets(address)
+def _subnet_novelty(
+    baseline: frozenset[str], online: dict[str, None] | None, narrow: str, wide: str, site: bool
+) -> float:
+    """0 in a known /24 (/64) of the caller, 1 in a new one inside the caller's /16s (/48s) or the site's (`site`),
+    2 outside the site's address space; 0 for a caller with no known address yet (its first address is learned,
+    not judged)."""
     if not narrow or (not baseline and not online):
         return 0.0
     if narrow in baseline or (online is not None and narrow in online):
         return 0.0
-    if wide in baseline or (online is not None and wide in online):
+    if site or wide in baseline or (online is not None and wide in online):
         return 1.0
     return 2.0
 
@@ -669,27 +783,61 @@ def _count_id(template: _Template, facts: CallFacts, window_s: float) -> None:
     template.long_bits |= 1 << (zlib.crc32(encoded) % _LONG_BITS)
 
 
+def _seen_lately(template: _Template, facts: CallFacts) -> bool:
+    """Whether the template's long window (the last 1-2 hours) already holds this id (or, one time in a bitmap's fill
+    share, another id with the same bit). Popular ids come back all the time, and chance walks through a popular
+    range (ids 1-50 of a shop's products) would otherwise set a busy template's longest walk; an enumeration touches
+    each id once, so skipping the odd id that shares a bit costs it one step, which the gap tolerance bridges."""
+    hour = int(facts.ts // _LONG_WINDOW_S)
+    if hour == template.long_bucket:
+        bits = template.long_bits | template.long_prev
+    elif hour == template.long_bucket + 1:
+        bits = template.long_bits
+    else:
+        return False
+    return bool(bits >> (zlib.crc32(facts.last_id.encode()) % _LONG_BITS) & 1)
+
+
 def _walk(template: _Template, facts: CallFacts, learn: bool) -> int:
     """The length of the walk this id continues (0: none); with `learn`, extend it or start one.
 
-    A walk's first step may be any stride up to _WALK_STEP, every later step must repeat it exactly (enumeration
-    goes +1, +1, ...): random ids from a small set of 100 land one stride further on about 1 call in 100, so
-    ordinary traffic makes short walks, and one id a minute for an hour makes a walk of 60. Up to _WALK_HEADS walks
-    are followed at once, the shortest replaced, so interleaved unrelated ids do not break one."""
+    A walk's first step may be any stride up to _WALK_STEP; every later step must go the same way by the stride
+    (the walk grows by one) or by a few strides, at most _WALK_GAP (it goes on, no longer): enumeration goes +1, +1,
+    +3, +1, ..., while random ids that land within reach of a walk are mostly the gap steps, so chance walks
+    through a popular id range stay short and one id a minute for an hour makes a walk of about 60. A step that
+    divides the stride becomes it (a walk first seen across a gap). Ids seen on the template in the last hour or
+    two (`_seen_lately`) start and extend no walk, but are scored by the one they continue: a popular id must
+    not build chance walks, and an enumeration's id that shares a bit with another must not read as no walk.
+    Up to _WALK_HEADS walks are followed at once, the shortest replaced, so interleaved unrelated ids do not break
+    one."""
     number = _numeric(facts.last_id)
     if number is None:
         return 0
+    learn = learn and not _seen_lately(template, facts)
     ts = facts.ts
     walks = template.walks
     for walk in walks:
-        step = number - walk[0]
+        step = number - int(walk[0])
         if ts - walk[2] > _WALK_IDLE_S or step == 0:
             continue
-        if step == walk[3] or (walk[1] == 0 and abs(step) <= _WALK_STEP):
-            run = int(walk[1]) + 1
-            if learn:
-                walk[0], walk[1], walk[2], walk[3] = number, run, ts, step
-            return run
+        run = int(walk[1])
+        stride = int(walk[3])
+        if run == 0:
+            if abs(step) > _WALK_STEP:
+                continue
+            stride = step
+        elif step % stride == 0:
+            if not 1 <= step // stride <= _WALK_GAP:
+                continue
+        elif stride % step == 0 and stride // step > 0:
+            stride = step
+        else:
+            continue
+        if step == stride:
+            run += 1
+        if learn:
+            walk[0], walk[1], walk[2], walk[3] = number, run, ts, stride
+        return run
     if learn:
         fresh = [float(number), 0.0, ts, 0.0]
         if len(walks) < _WALK_HEADS:

@@ -69,6 +69,26 @@ scores still annotate under the default ceiling (`risk.default_max_risk`, when l
 deny edge); a rule's own `maxRisk`, a lower default ceiling and a model trained on the site enforce them."""
 
 
+_RATE, _IDS, _WALK = (FEATURE_NAMES.index(name) for name in ("rate_burst", "ids_short", "id_walk"))
+_EXPLAINED_BITS = 0.5
+"""Distinct ids that rose at most this many bits more than the calls did (both log2 over the edge's own norm with
+the same peak headroom) rose because of the calls: a burst of the edge's own mix on a large id space reads a new id
+on nearly every call. Half a bit: `ids_short` counts over one to two minutes, `rate_burst` over one."""
+
+
+def _volume_first(top: int, surprise: list[float], row: list[float], alarm: float) -> int:
+    """Which of the volume features to name first when several alarmed: a sequential walk explains both the calls
+    and the distinct ids (enumeration at any pace); distinct ids that rose no more than the calls are the calls'
+    (a burst); otherwise the most surprising feature stands."""
+    if top not in (_RATE, _IDS):
+        return top
+    if surprise[_WALK] >= alarm:
+        return _WALK
+    if top == _IDS and surprise[_RATE] >= alarm and row[_IDS] <= row[_RATE] + _EXPLAINED_BITS:
+        return _RATE
+    return top
+
+
 def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
@@ -138,18 +158,23 @@ class RiskScorer:
         alarm = self.model.alarm_surprise
         alarmed = frozenset(name for name, value in zip(FEATURE_NAMES, surprise, strict=True) if value >= alarm)
         outcome = RiskOutcome(
-            RiskStatus.SCORED, score, self._factors(surprise), self._version, band, action, shadow, tuple(row),
+            RiskStatus.SCORED, score, self._factors(surprise, row), self._version, band, action, shadow, tuple(row),
             FEATURE_SCHEMA, facts.ts, alarmed,
         )  # fmt: skip
         self.counters.count(outcome)
         return outcome
 
-    def _factors(self, surprise: list[float]) -> tuple[RiskFactor, ...]:
-        """The most surprising features, largest first: what moved the score (a feature at 0 moved nothing)."""
+    def _factors(self, surprise: list[float], row: list[float]) -> tuple[RiskFactor, ...]:
+        """The most surprising features, largest first: what moved the score (a feature at 0 moved nothing); among
+        the volume features, the one that explains the others first (`_volume_first`)."""
         if not self._top:
             return ()
-        top = sorted(range(len(surprise)), key=surprise.__getitem__, reverse=True)[: self._top]
-        return tuple(RiskFactor(FEATURE_NAMES[i], surprise[i]) for i in top if surprise[i] > 0)
+        order = sorted(range(len(surprise)), key=surprise.__getitem__, reverse=True)
+        first = _volume_first(order[0], surprise, row, self.model.alarm_surprise)
+        if first != order[0]:
+            order.remove(first)
+            order.insert(0, first)
+        return tuple(RiskFactor(FEATURE_NAMES[i], surprise[i]) for i in order[: self._top] if surprise[i] > 0)
 
     def observe(self, call: Call, identity: Identity, policy: PolicyOutcome, risk: RiskOutcome, now: float) -> None:
         """Count a call policy let through; learn from it only what its risk outcome allows (no feedback loop:
@@ -158,4 +183,5 @@ class RiskScorer:
             learning = Learning.NOTHING
         else:
             learning = learning_for(risk.alarmed)
-        self.state.observe(facts_from_call(call, identity, policy.normalized_path or call.path, now), learning)
+        facts = facts_from_call(call, identity, policy.normalized_path or call.path, now)
+        self.state.observe(facts, learning, self.model.baseline)

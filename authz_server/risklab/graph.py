@@ -19,6 +19,12 @@ import numpy as np
 from authz_server.risk.model import INPUT, OUTPUT_SCORE, OUTPUT_SURPRISE
 
 OPSET = 17
+_ORDER_SPAN = 0.009
+"""A capped feature rises by up to this much past its cap, in order of how far its raw surprise went over it: caps
+sit 0.01 under the deny edge (training.py), so it stays under the deny edge while two capped features at once (an
+off-hours call from a new subnet) are named in order of how far each moved, not by schema order."""
+_ORDER_DECADES = 10.0
+"""Raw surprise past the cap that the order still tells apart (decades)."""
 _OPEN_WIDTH = 1e9
 """Width of the last segment of a table: it continues at its slope past anything a float32 feature holds."""
 
@@ -40,7 +46,12 @@ class SurpriseTables:
         """What the graph computes, in numpy (training calibrates with it before the graph exists)."""
         x = np.asarray(rows, dtype=np.float32)[:, :, None]
         hinges = np.minimum(np.maximum(x - self.knots[None], 0.0), self.widths[None]) * self.slopes[None]
-        capped: np.ndarray = np.minimum(hinges.sum(axis=2, dtype=np.float32), self.caps[None]).astype(np.float32)
+        raw = hinges.sum(axis=2, dtype=np.float32)
+        caps = self.caps[None]
+        over = np.minimum(np.maximum(raw - caps, np.float32(0.0)), np.float32(_ORDER_DECADES))
+        capped: np.ndarray = (np.minimum(raw, caps) + over * np.float32(_ORDER_SPAN / _ORDER_DECADES)).astype(
+            np.float32
+        )
         return capped
 
 
@@ -104,6 +115,8 @@ def to_onnx(tables: SurpriseTables, bands: tuple[np.ndarray, ...], metadata: dic
         const("slopes", tables.slopes),
         const("caps", tables.caps),
         const("zero", np.zeros((), np.float32)),
+        const("order_decades", np.asarray(_ORDER_DECADES, np.float32)),
+        const("order_slope", np.asarray(_ORDER_SPAN / _ORDER_DECADES, np.float32)),
         const("one", np.ones((), np.float32)),
         const("axis_last", np.asarray([2], np.int64)),
         const("axis_one", np.asarray([1], np.int64)),
@@ -118,7 +131,12 @@ def to_onnx(tables: SurpriseTables, bands: tuple[np.ndarray, ...], metadata: dic
         helper.make_node("Min", ["above", "widths"], ["within"]),
         helper.make_node("Mul", ["within", "slopes"], ["rise"]),
         helper.make_node("ReduceSum", ["rise", "axis_last"], ["raw_surprise"], keepdims=0),
-        helper.make_node("Min", ["raw_surprise", "caps"], [OUTPUT_SURPRISE]),
+        helper.make_node("Min", ["raw_surprise", "caps"], ["held"]),
+        helper.make_node("Sub", ["raw_surprise", "caps"], ["over_cap"]),
+        helper.make_node("Max", ["over_cap", "zero"], ["over_pos"]),
+        helper.make_node("Min", ["over_pos", "order_decades"], ["over_kept"]),
+        helper.make_node("Mul", ["over_kept", "order_slope"], ["order"]),
+        helper.make_node("Add", ["held", "order"], [OUTPUT_SURPRISE]),
         helper.make_node("ReduceMax", [OUTPUT_SURPRISE], ["top"], axes=[1], keepdims=1),
         helper.make_node("Sub", ["top", "band_knots"], ["band_past"]),
         helper.make_node("Max", ["band_past", "zero"], ["band_above"]),

@@ -12,9 +12,10 @@
    per edge the tables the features compare with are kept: calls by hour of day, the busiest minute per hour, per
    template the most distinct ids in the short and long windows and the longest id walk, per method the calls and
    the largest usual size, per caller its subnets.
-4. **Distributions**: the first half of the log (by time) builds a baseline; the third quarter, replayed against
-   it, gives each feature's benign distribution (a table of -log10 tail probabilities, graph.py); the last quarter
-   is held out.
+4. **Distributions**: the log is cut into whole days (`_folds`; halves when under two days); each day is replayed
+   against a baseline of the other days, as the next day is in serving. The even days give each feature's benign
+   distribution (a table of -log10 tail probabilities, graph.py); the odd days are held out. Both hold every hour
+   of the day, nights and peaks included: a held-out stretch that missed the night would set bands no night obeys.
 5. **Thresholds** from the benign FPR budget (`fpr_budget`, default 0.001): the alarm edge is the held-out
    quantile 1 - budget of the largest surprise (and at least -log10(budget)), mapped to score `allow_below`; the
    deny edge the quantile 1 - budget/10 (and at least a decade above the alarm edge), mapped to
@@ -72,6 +73,7 @@ _LABELS = {ACCEPTED: ACCEPTED, "false-positive": ACCEPTED, MALICIOUS: MALICIOUS,
 _QUANTILES = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995, 0.99999)
 _MAX_SUBNETS = 32
 _MIN_ROWS = 200
+DAY_S = 86400.0
 
 
 class TrainingDataError(ValueError):
@@ -235,6 +237,8 @@ class _TemplateTally:
     ids_long: float = 0.0
     walk: int = 0
     methods: dict[str, list[int]] = field(default_factory=dict)
+    first: float = math.inf
+    last: float = -math.inf
 
 
 @dataclass
@@ -243,6 +247,8 @@ class _EdgeTally:
     hours: list[int] = field(default_factory=lambda: [0] * 24)
     minute_max: list[float] = field(default_factory=lambda: [0.0] * 24)
     templates: dict[str, _TemplateTally] = field(default_factory=dict)
+    first: float = math.inf
+    last: float = -math.inf
 
 
 def _usual_size(sizes: list[int]) -> int:
@@ -254,8 +260,9 @@ def _usual_size(sizes: list[int]) -> int:
     return known[math.ceil(0.999 * len(known)) - 1]
 
 
-def build_baseline(calls: Sequence[CallFacts]) -> Baseline:
-    """The per-edge tables of these calls (in time order), measured by the serving code's own state."""
+def build_baseline(calls: Sequence[CallFacts], days: float | None = None) -> Baseline:
+    """The per-edge tables of these calls (in time order), measured by the serving code's own state; `days`: how
+    long they cover (default: first to last call; a log with a day cut out of it covers a day less)."""
     if not calls:
         return EMPTY
     state = BehaviourState(RiskConfig(max_identities=10**7, max_edges=10**7))
@@ -267,10 +274,12 @@ def build_baseline(calls: Sequence[CallFacts]) -> Baseline:
         edge = edges.setdefault(f"{facts.caller} {facts.callee}", _EdgeTally())
         hour = int(facts.ts // 3600 % 24)
         edge.calls += 1
+        edge.first, edge.last = min(edge.first, facts.ts), max(edge.last, facts.ts)
         edge.hours[hour] += 1
         edge.minute_max[hour] = max(edge.minute_max[hour], round(activity.calls_minute, 2))
         template = edge.templates.setdefault(facts.template, _TemplateTally())
         template.calls += 1
+        template.first, template.last = min(template.first, facts.ts), max(template.last, facts.ts)
         template.ids_short = max(template.ids_short, round(activity.ids_short, 2))
         template.ids_long = max(template.ids_long, round(activity.ids_long, 2))
         template.walk = max(template.walk, activity.walk)
@@ -278,7 +287,9 @@ def build_baseline(calls: Sequence[CallFacts]) -> Baseline:
         narrow, wide = subnets(facts.address)
         if narrow:
             nets.setdefault(facts.caller, Counter())[(narrow, wide)] += 1
-    days = max((calls[-1].ts - calls[0].ts) / 86400.0, 1.0 / 24)
+    if days is None:
+        days = (calls[-1].ts - calls[0].ts) / DAY_S
+    days = max(days, 1.0 / 24)
     return Baseline(
         round(days, 4),
         {
@@ -293,9 +304,11 @@ def build_baseline(calls: Sequence[CallFacts]) -> Baseline:
                         t.ids_long,
                         t.walk,
                         {m: MethodBaseline(len(s), _usual_size(s)) for m, s in t.methods.items()},
+                        round(t.last - t.first),
                     )
                     for name, t in e.templates.items()
                 },
+                round(e.last - e.first),
             )
             for key, e in edges.items()
         },
@@ -325,12 +338,12 @@ def feature_rows(
         if gate is None:
             if facts.ts >= start:
                 rows.append(state.features(facts, baseline))
-            state.observe(facts, Learning.EVERYTHING)
+            state.observe(facts, Learning.EVERYTHING, baseline)
             continue
         row = state.features(facts, baseline)
         if facts.ts >= start:
             rows.append(row)
-        state.observe(facts, gate(row))
+        state.observe(facts, gate(row), baseline)
     return np.asarray(rows, dtype=np.float32).reshape(-1, len(FEATURES))
 
 
@@ -464,6 +477,21 @@ def _environment() -> dict[str, str]:
     return {"numpy": np.__version__, "python": platform.python_version()}
 
 
+def _folds(first: float, last: float) -> list[tuple[float, float]]:
+    """Whole days of the log (at least two folds; a remainder under half a day joins the last day): each is scored
+    against a baseline of the others, so every fold is a day the baseline never saw, as the next day is in serving,
+    and every hour of the day is in both the distributions' folds and the held-out ones. A log under two days is
+    cut in halves."""
+    span = last - first
+    days = int(span // DAY_S)
+    if span - days * DAY_S >= DAY_S / 2:
+        days += 1
+    if days < 2:
+        return [(-math.inf, first + span / 2), (first + span / 2, math.inf)]
+    cuts = [first + i * DAY_S for i in range(1, days)]
+    return list(zip([-math.inf, *cuts], [*cuts, math.inf], strict=True))
+
+
 def train_site(
     calls: Sequence[CallFacts],
     *,
@@ -479,24 +507,32 @@ def train_site(
             f"only {len(calls)} usable calls (skipped: {dict(skipped or {}) or 'none'}); at least {4 * _MIN_ROWS} "
             "are needed"
         )
-    start, span = calls[0].ts, calls[-1].ts - calls[0].ts
-    half, three_quarters = start + span / 2, start + span * 3 / 4
-    early = build_baseline([c for c in calls if c.ts < half])
-    fit = feature_rows(calls, early, half, three_quarters)
-    held = feature_rows(calls, early, three_quarters, math.inf)
-    tables, calibration = calibrate(surprise_tables(fit), [held], fpr_budget, config)
+    folds = _folds(calls[0].ts, calls[-1].ts)
+    span = calls[-1].ts - calls[0].ts
+    baselines = [
+        build_baseline(
+            [c for c in calls if not lo <= c.ts < hi],
+            (span - (min(hi, calls[-1].ts) - max(lo, calls[0].ts))) / DAY_S,
+        )
+        for lo, hi in folds
+    ]
+
+    def rows(gate: Gate | None) -> list[np.ndarray]:
+        return [feature_rows(calls, b, lo, hi, gate) for b, (lo, hi) in zip(baselines, folds, strict=True)]
+
+    scored = rows(None)
+    tables, calibration = calibrate(surprise_tables(np.concatenate(scored[0::2])), scored[1::2], fpr_budget, config)
     # Again, the online state learning only what serving would let it learn under those bands.
-    gate = serving_gate(tables, calibration.alarm_surprise)
-    fit = feature_rows(calls, early, half, three_quarters, gate)
-    held = feature_rows(calls, early, three_quarters, math.inf, gate)
-    tables, calibration = calibrate(surprise_tables(fit), [held], fpr_budget, config)
+    scored = rows(serving_gate(tables, calibration.alarm_surprise))
+    fit, held = np.concatenate(scored[0::2]), scored[1::2]
+    tables, calibration = calibrate(surprise_tables(fit), held, fpr_budget, config)
     baseline = build_baseline(calls)
     training = {
         "source": source,
         "rows": len(calls),
         "skipped": dict(skipped or {}),
         "distribution_rows": len(fit),
-        "held_out_rows": len(held),
+        "held_out_rows": int(sum(len(h) for h in held)),
         "baseline_edges": len(baseline.edges),
         "baseline_days": baseline.days,
         **_environment(),

@@ -92,7 +92,7 @@ def test_with_its_certificates_the_sidecar_answers_ready(tmp_path: Path) -> None
         admin=Endpoint("127.0.0.1", free_port()),
         readiness=ready,
     )
-    with EnvoyProcess(spec, tmp_path / "envoy").start():
+    with EnvoyProcess(spec, tmp_path / "envoy"):
         deadline = time.monotonic() + 10
         while not _answers(ready.port) and time.monotonic() < deadline:
             time.sleep(0.1)

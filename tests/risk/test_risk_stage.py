@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import random
 from pathlib import Path
 
 import pytest
-from risk_support import at, benign_site_log, granted, parsed, site_address, slow_model, workload, write
+from risk_support import TRUST_DOMAIN, at, benign_site_log, granted, parsed, site_address, slow_model, workload, write
 
 from authz_server.call import Call
 from authz_server.decision import RISK, RISK_TIMEOUT, Verdict, decide
@@ -117,10 +119,68 @@ def test_the_feature_that_moved_the_score_is_the_top_factor(feature: str, site_m
     base_score, _ = site_model.score(row)
     row[FEATURE_NAMES.index(feature)] += 1000.0  # far past anything benign
     score, surprise = site_model.score(row)
-    factors = stage._factors(surprise)
+    factors = stage._factors(surprise, row)
     assert score >= 0.3 > base_score
     assert factors[0].name == feature
     assert all(a.contribution >= b.contribution for a, b in itertools.pairwise(factors))
+
+
+def test_among_volume_features_the_one_that_explains_the_others_is_named_first(site_model: AnomalyModel) -> None:
+    """A burst of the edge's own mix on a large id space reads a new id on nearly every call: the calls moved, and
+    `rate_burst` is named even where the distinct ids are a shade more surprising. Ids that rose well beyond the
+    calls are named themselves; a sequential walk explains both."""
+    stage = scorer(site_model)
+    t = steady(stage)
+    call, caller = parsed(FRONTEND, "/products/7", at=t)
+    quiet = stage.state.features(facts_from_call(call, caller, call.path, t), site_model.baseline)
+    rate, ids = FEATURE_NAMES.index("rate_burst"), FEATURE_NAMES.index("ids_short")
+
+    def named(**bits: float) -> str:
+        row = list(quiet)
+        for name, value in bits.items():
+            row[FEATURE_NAMES.index(name)] = value
+        _, surprise = site_model.score(row)
+        assert max(surprise) >= site_model.alarm_surprise
+        if bits.keys() == {"rate_burst", "ids_short"} and bits["ids_short"] <= bits["rate_burst"] + 0.5:
+            assert surprise[ids] > surprise[rate]  # the ids alone would be named
+        return stage._factors(surprise, row)[0].name
+
+    assert named(rate_burst=6.0, ids_short=6.4) == "rate_burst"  # a burst: as many new ids as calls
+    assert named(rate_burst=6.0, ids_short=9.0) == "ids_short"  # far more distinct ids than the calls explain
+    assert named(rate_burst=6.0, ids_short=6.3, id_walk=4.0) == "id_walk"  # an enumeration at speed
+    assert named(ids_short=6.0) == "ids_short"
+
+
+def _capped_from(model: AnomalyModel, feature: str) -> float:
+    """The smallest value of `feature` (alone) whose surprise is at its cap, found by bisection."""
+    index = FEATURE_NAMES.index(feature)
+
+    def surprise(value: float) -> float:
+        row = [0.0] * len(FEATURE_NAMES)
+        row[index] = value
+        return model.score(row)[1][index]
+
+    top = surprise(1e6)
+    low, high = 0.0, 1e6
+    for _ in range(80):
+        middle = (low + high) / 2
+        low, high = (low, middle) if surprise(middle) >= top - 0.0095 else (middle, high)
+    return high
+
+
+def test_two_capped_features_at_once_are_named_by_how_far_each_moved(site_model: AnomalyModel) -> None:
+    """An off-hours call from a subnet the caller never used: both features a legitimate change can move are capped
+    under the deny edge, and the one further past its cap is named first, whichever comes first in the schema."""
+    hour, subnet = FEATURE_NAMES.index("hour_unusual"), FEATURE_NAMES.index("source_new")
+    hour_cap, subnet_cap = _capped_from(site_model, "hour_unusual"), _capped_from(site_model, "source_new")
+    for far, near in ((hour, subnet), (subnet, hour)):
+        row = [0.0] * len(FEATURE_NAMES)
+        row[hour] = hour_cap + (8.0 if far == hour else 0.5)  # tail units: 2 bits a decade for hours,
+        row[subnet] = subnet_cap + (2.0 if far == subnet else 0.125)  # half a level for subnets
+        score, surprise = site_model.score(row)
+        assert score <= RiskConfig().default_max_risk  # still never denied on their own
+        named = [f.name for f in scorer(site_model)._factors(surprise, row)[:2]]
+        assert named == [FEATURE_NAMES[far], FEATURE_NAMES[near]]
 
 
 # --- no feedback loops ----------------------------------------------------------------------------------------
@@ -128,7 +188,7 @@ def test_the_feature_that_moved_the_score_is_the_top_factor(feature: str, site_m
 
 def test_a_burst_of_risk_denials_does_not_raise_the_callers_later_scores(site_model: AnomalyModel) -> None:
     stage = scorer(site_model)
-    t = steady(stage)
+    t = steady(stage, start=_busy_hours_from_now())
     call, caller = parsed(FRONTEND, "/products/3", at=t)
     before = stage.assess(call, caller, granted(call.path), t, 0.05).score
     # A burst: 10 calls a second for two minutes on one page, denied past the rule's maxRisk once it shows.
@@ -272,3 +332,120 @@ def test_without_a_site_baseline_only_signals_free_of_traffic_volume_deny() -> N
     call, caller = parsed(FRONTEND, "/carts/17", at=t, method="POST", content_length=400_000)
     body = through(stage, call, caller, t)
     assert body.action is RiskAction.DENY and body.factors[0].name == "size_unusual"
+
+
+# --- attacks a site model must catch on every call --------------------------------------------------------------
+
+
+def _utc(hour: float) -> float:
+    """`hour` o'clock UTC on the day after T0: the site log's habits are by UTC hour, so tests do not depend on
+    when they run."""
+    return (at(0) // 86400 + 1) * 86400 + hour * 3600
+
+
+LONG_LIVED = dt.timedelta(days=30)
+"""The SVID of a workload whose test runs on the day after T0 (`_utc`): under a tenth of its life used whatever the
+hour the suite starts, where the site's own SVIDs rotate at half-life and an older one alarms on its own."""
+
+
+def _busy_hours_from_now() -> float:
+    """The first moment from now with an hour of the frontend's busy hours ahead (07-23 UTC in the site log), while
+    its 24 h SVID is under half its life (the site's SVIDs rotate at half-life: an older one alarms on its own)."""
+    t = at(0.05)
+    hour = t // 3600 % 24
+    if 7 <= hour < 22:
+        return t
+    day = t // 86400 + (1 if hour >= 22 else 0)
+    return day * 86400 + 7.5 * 3600
+
+
+def _pareto_id(rng: random.Random) -> int:
+    return int(rng.paretovariate(1.2)) % 5000  # the site log's frontend reads popular products most
+
+
+def test_a_low_and_slow_walk_is_alarmed_within_a_dozen_calls_and_on_nearly_every_call_after(
+    site_model: AnomalyModel,
+) -> None:
+    """One new product id every 40-120 s for three hours, skipping an id or two now and then, from the frontend's
+    own pod while its ordinary traffic (10 reads a minute of popular pages, as in the site log) goes on: each id is
+    one more row read, at a pace no rate or per-minute count notices. Other calls on the template may be annotated
+    while it is being walked (the hour's distinct ids are the template's), never denied."""
+    pod = workload("shop/frontend", site_address("shop/frontend", 2), LONG_LIVED)
+    stage = scorer(site_model)
+    rng = random.Random(11)
+    t, end, next_step, ident = _utc(10), _utc(13), _utc(10), 30_000
+    walk: list[RiskOutcome] = []
+    ordinary: list[RiskOutcome] = []
+    while t < end:
+        call, caller = parsed(pod, f"/products/{_pareto_id(rng)}", at=t)
+        ordinary.append(through(stage, call, caller, t))
+        if t >= next_step:
+            call, caller = parsed(pod, f"/products/{ident}", at=t + 1)
+            walk.append(through(stage, call, caller, t + 1))
+            ident += 1 if rng.random() > 0.1 else rng.choice((2, 3))
+            next_step += rng.uniform(40, 120)
+        t += 6
+    alarmed = [o.score is not None and o.score >= 0.3 for o in walk]
+    first = alarmed.index(True)
+    assert first < 12, first
+    assert sum(alarmed[first:]) >= 0.95 * len(alarmed[first:]), (len(walk), sum(alarmed))
+    named = [o.factors[0].name for o, a in zip(walk, alarmed, strict=True) if a]
+    assert sum(n in {"id_walk", "ids_long"} for n in named) >= 0.9 * len(named), named
+    assert not any(o.action is RiskAction.DENY for o in ordinary)
+
+
+def test_a_reader_that_starts_deleting_is_annotated_on_every_call_not_only_the_first(
+    site_model: AnomalyModel,
+) -> None:
+    """The console only ever read users (site log). 120 DELETEs, one every 20 s: each is annotated with
+    method_unusual first; none is denied under the default ceiling (a deploy may give a reader a write path); a
+    rule that sets its own maxRisk below it enforces it."""
+    console = workload("ops/console", site_address("ops/console"), LONG_LIVED)
+    admin = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/admin"
+    stage = scorer(site_model)
+    t = _utc(10)
+    for i in range(60):  # its ordinary reads first
+        call, caller = parsed(console, f"/admin/users/{PAGES[i % len(PAGES)]}", at=t, callee=admin)
+        through(stage, call, caller, t)
+        t += 30
+    deletes = []
+    for i in range(120):
+        call, caller = parsed(console, f"/admin/users/{4000 + i * 17}", at=t, method="DELETE", callee=admin)
+        deletes.append(through(stage, call, caller, t))
+        t += 20
+    assert all(o.action is RiskAction.ANNOTATE and o.factors[0].name == "method_unusual" for o in deletes), [
+        (o.score, o.factors[:1]) for o in deletes
+    ]
+    method = FEATURE_NAMES.index("method_unusual")
+    assert deletes[-1].features[method] == pytest.approx(deletes[0].features[method])  # its DELETEs taught nothing
+    call, caller = parsed(console, "/admin/users/4999", at=t, method="DELETE", callee=admin)
+    assert through(stage, call, caller, t, max_risk=0.8).action is RiskAction.DENY
+
+
+@pytest.mark.parametrize("model", ["site", "bundled"])
+def test_a_copied_svid_is_denied_away_from_its_pod_an_hour_later_and_its_pod_is_not(
+    model: str, site_model: AnomalyModel
+) -> None:
+    """The frontend pod's SVID, copied, used from another network an hour after the pod last used it (the pod has
+    been idle, or has rotated to its next SVID): every call of the copy is denied, and the pod itself, calling
+    again while the copy is in use, is not."""
+    pod = workload("shop/frontend", site_address("shop/frontend", 1), LONG_LIVED)
+    stage = scorer(site_model if model == "site" else BUNDLED)
+    t = _utc(10)
+    for i in range(120):
+        call, caller = parsed(pod, f"/products/{PAGES[i % len(PAGES)]}", at=t)
+        through(stage, call, caller, t)
+        t += 3
+    t = _utc(11)
+    copy, own = [], []
+    for i in range(20):
+        call, caller = parsed(pod, f"/products/{PAGES[i % len(PAGES)]}", at=t, address="203.0.113.50")
+        copy.append(through(stage, call, caller, t))
+        if i >= 10:  # the pod wakes up while the copy is in use
+            call, caller = parsed(pod, f"/products/{PAGES[i % len(PAGES)]}", at=t + 1)
+            own.append(through(stage, call, caller, t + 1))
+        t += 15
+    assert all(o.action is RiskAction.DENY and o.factors[0].name == "serial_multi_source" for o in copy), [
+        (o.score, o.factors[:1]) for o in copy
+    ]
+    assert all(o.action is RiskAction.ALLOW for o in own), [(o.score, o.factors[:1]) for o in own]
