@@ -57,14 +57,15 @@ class Config:
     """Address of the gRPC server (Check, health, reflection). Use 0.0.0.0:9191 in a pod, or `unix:/PATH` for a
     Unix domain socket that the pod's own Envoy reaches on a shared volume (one process: workers 0 or 1)."""
     transport: Literal["aio", "h2", "sync"] = "aio"
-    """gRPC server implementation. aio: grpc.aio, with server reflection and grpc.health.v1; it holds its share of
-    capacity under 2x overload because calls past its bounds are refused in gRPC's C core. h2: unary gRPC on asyncio
-    (uvloop) with the pure-Python h2 library, one thread: about 40% less CPU per check than grpc.aio on the
-    always-allow floor and 25% less with every stage on, through Envoy (benchmarks/RESULTS.md, "The h2
-    transport"), but every refusal costs Python, so offered more than it can decide it decided only 36-90% of its
-    capacity in time and refused health probes (benchmarks/RESULTS.md, "Overload"): choose it where load stays
-    below capacity, as in the sidecar layout. sync: grpcio's thread-pool server, twice aio's server-side latency
-    (handler threads contend for the GIL around the ONNX model, benchmarks/RESULTS.md, "sync or aio")."""
+    """gRPC server implementation. All three serve Check, grpc.health.v1 (Check, Watch) and server reflection
+    (grpc.reflection.v1alpha, what `grpcurl list` asks). aio: grpc.aio; it holds its share of capacity under 2x
+    overload because calls past its bounds are refused in gRPC's C core. h2: gRPC on asyncio (uvloop) with the
+    pure-Python h2 library, one thread: about 40% less CPU per check than grpc.aio on the always-allow floor and
+    25% less with every stage on, through Envoy (benchmarks/RESULTS.md, "The h2 transport"), but every refusal
+    costs Python, so offered more than it can decide it decided only 36-90% of its capacity in time and refused
+    health probes (benchmarks/RESULTS.md, "Overload"): choose it where load stays below capacity, as in the
+    sidecar layout. sync: grpcio's thread-pool server, twice aio's server-side latency (handler threads contend
+    for the GIL around the ONNX model, benchmarks/RESULTS.md, "sync or aio")."""
     workers: int = 0
     """Server processes sharing the port through SO_REUSEPORT; 0 means one per CPU."""
     threads: int = 4

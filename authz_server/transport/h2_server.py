@@ -1,4 +1,4 @@
-"""The `h2` transport: gRPC's unary calls served on asyncio (uvloop) with the pure-Python `h2` library.
+"""The `h2` transport: gRPC served on asyncio (uvloop) with the pure-Python `h2` library.
 
 Why a second implementation of the gRPC server side: grpc.aio spends about as
 much CPU carrying a Check as the whole decision costs (its Cython layer, a
@@ -12,14 +12,20 @@ What it serves, for what the sidecar Envoy and a kubelet ask:
 - `envoy.service.auth.v3.Authorization/Check` (unary; identity deflate and the
   like are refused: Envoy never compresses a Check),
 - `grpc.health.v1.Health/Check` and `Health/Watch` (the status now, then each
-  change, until the client leaves or the server drains). Server reflection is
-  not served (UNIMPLEMENTED); the `aio` transport serves it.
+  change, until the client leaves or the server drains),
+- `grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo` (what
+  `grpcurl list` asks; bidirectional: each request answered as it arrives by
+  grpcio-reflection's servicer, h2_reflection.py, so the answers are the grpc
+  transports' own; grpc-status 0 once the client half-closes). Like the grpc
+  transports, not `grpc.reflection.v1`: grpcio-reflection has no servicer for it
+  and grpcurl falls back to v1alpha.
 No TLS, as the other transports: Envoy reaches the server over loopback, the
 pod network behind a NetworkPolicy, or a Unix socket.
 
 The same admission as the grpc transports (admission.py), reading "in flight"
 as "its HEADERS arrived, its answer is not yet written": past
-`max_in_flight + max_queued` such calls a new one is refused with
+`max_in_flight + max_queued` such calls (any method; a reflection stream counts
+until it ends, as grpc.aio counts it) a new one is refused with
 RESOURCE_EXHAUSTED before its body is read (here nothing waits in a C core, so
 the two bounds add up to one; calls not yet read wait in the socket, where
 their deadline bounds them: counting every call of one read against the bound
@@ -28,8 +34,10 @@ the moment the bytes that carried the call were read, and a call that cannot
 be decided in time gets SHED_RESPONSE, through `decide_admitted` like the rest.
 
 Bounds on what a client can make this process hold, in bytes or in count:
-one message at most MAX_MESSAGE_BYTES, every message being received at most
-MAX_BUFFERED_BYTES together (the call that would pass either is refused),
+one message at most MAX_MESSAGE_BYTES, every message being received and every
+reflection answer the client has not taken yet at most MAX_BUFFERED_BYTES
+together, one reflection stream's untaken answers at most MAX_MESSAGE_BYTES
+(the call that would pass any of these is refused),
 header blocks at most MAX_HEADER_LIST_BYTES decoded and 4 CONTINUATION frames
 of at most 16 KiB (HTTP/2's default frame size, advertised) while they arrive,
 MAX_CONCURRENT_STREAMS open streams a connection, MAX_CONNECTIONS connections,
@@ -42,7 +50,9 @@ costs CPU, not memory.
 
 SIGTERM (`drain`): the listener closes, every connection gets GOAWAY
 (last stream 2^31-1 with a PING, then, once the PING returns, the last stream
-actually seen, as grpc-core does), calls already received are finished, and
+actually seen, as grpc-core does), calls already received are finished (an
+open reflection stream goes on answering until the client half-closes it, as
+grpc.aio's stop(grace) lets it), Health/Watch streams end with grpc-status 0, and
 connections close when idle or when the grace period ends.
 """
 
@@ -79,6 +89,7 @@ from authz_server.transport.grpc_server import (
     CheckRefused,
     decide_admitted,
 )
+from authz_server.transport.h2_reflection import FRAME_HEADER, REFLECTION_PATH, Reflection, message_end, split_messages
 from authz_server.transport.unix_socket import allow_group, socket_path
 
 log = logging.getLogger("authz_server.transport.h2")
@@ -87,7 +98,7 @@ CHECK_PATH = f"/{AUTHORIZATION_SERVICE}/Check".encode()
 HEALTH_SERVICE = "grpc.health.v1.Health"
 HEALTH_CHECK_PATH = f"/{HEALTH_SERVICE}/Check".encode()
 HEALTH_WATCH_PATH = f"/{HEALTH_SERVICE}/Watch".encode()
-_PATHS = (CHECK_PATH, HEALTH_CHECK_PATH, HEALTH_WATCH_PATH)
+_PATHS = (CHECK_PATH, HEALTH_CHECK_PATH, HEALTH_WATCH_PATH, REFLECTION_PATH)
 
 MAX_HEADER_LIST_BYTES = 16 * 1024
 """Decoded header block of one request (grpc-core's default cap is 8 KiB); an XFCC with a chain is a few KiB."""
@@ -111,7 +122,6 @@ _GRPC_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e
 
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 _OK_TRAILERS = ((b"grpc-status", b"0"),)
-_FRAME_HEADER = 5
 _XFCC = XFCC_METADATA.encode()
 Trailers = list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
 
@@ -205,6 +215,12 @@ class _Stream:
     body: list[bytes] = field(default_factory=list)
     size: int = 0
     answering: bool = False
+    need: int = FRAME_HEADER
+    """A streaming call: the bytes of `body` that make its next message whole."""
+    started: bool = False
+    """A streaming call: its response headers are out, an error now goes in trailers."""
+    unsent: int = 0
+    """A streaming call: bytes of its answers waiting for the client's window (counted in the buffered bytes)."""
 
 
 Check = Callable[[bytes, float | None, list[tuple[str, str]]], bytes]
@@ -230,10 +246,12 @@ class H2Server:
     def __init__(self, check: Check, max_open: int) -> None:
         self.check = check
         self.health = HealthStatus(("", AUTHORIZATION_SERVICE))
+        self.reflection = Reflection()
         self.max_open = max_open
         """Calls received and not yet answered, for the whole process; past it a new call is refused."""
         self.open_calls = 0
         self.buffered = 0
+        """Bytes of partly received messages, and of reflection answers the clients have not taken yet."""
         self.connections: set[_Connection] = set()
         self.draining = False
         self._listener: asyncio.AbstractServer | None = None
@@ -404,6 +422,8 @@ class _Connection(asyncio.Protocol):
                 timeout = value
             elif name == _XFCC:
                 metadata.append((XFCC_METADATA, value.decode("latin-1")))
+        if self._gone(stream_id):
+            return
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
             # Not gRPC at all: HTTP's own answer, as grpc-core gives (415 for a wrong content type).
             status = b"405" if method != b"POST" else b"415"
@@ -428,23 +448,35 @@ class _Connection(asyncio.Protocol):
         if stream is None or not event.data:
             return
         size = len(event.data)
-        if stream.size + size > MAX_MESSAGE_BYTES + _FRAME_HEADER:
-            self._forget(stream_id)
-            self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, f"message larger than {MAX_MESSAGE_BYTES}")
+        streaming = stream.path == REFLECTION_PATH
+        # A streaming call's messages are bounded one by one, on their headers (h2_reflection.message_end).
+        if not streaming and stream.size + size > MAX_MESSAGE_BYTES + FRAME_HEADER:
+            self._fail(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, f"message larger than {MAX_MESSAGE_BYTES}")
             return
         if self.server.buffered + size > MAX_BUFFERED_BYTES:
-            self._forget(stream_id)
-            self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "server is receiving too much at once")
+            self._fail(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "server is receiving too much at once")
             return
         stream.body.append(event.data)
         stream.size += size
         self.server.buffered += size
+        if streaming and stream.size >= stream.need:
+            self._reflect(stream_id, stream)
 
     def _ended(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None or stream.answering:
             return
+        if self._gone(stream_id):
+            # Nothing to decide: the answer has nowhere to go.
+            self._forget(stream_id)
+            return
         stream.answering = True
+        if stream.path == REFLECTION_PATH:
+            if stream.size:
+                self._fail(stream_id, grpc.StatusCode.INVALID_ARGUMENT, "request stream ends inside a message")
+            else:
+                self._push(stream_id, stream, b"", _OK_TRAILERS)
+            return
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
         self.server.buffered -= stream.size
         stream.body, stream.size = [], 0
@@ -453,14 +485,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             reply = self.server.answer(stream, _unframe(body))
-        except CheckRefused as refused:
-            self._forget(stream_id)
-            self._refuse(stream_id, refused.code, str(refused))
-            return
-        except Exception:
-            log.exception("a call failed")
-            self._forget(stream_id)
-            self._refuse(stream_id, grpc.StatusCode.INTERNAL, "internal error")
+        except Exception as exc:
+            self._failed(stream_id, exc)
             return
         try:
             self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
@@ -470,6 +496,53 @@ class _Connection(asyncio.Protocol):
             # The client reset the call while it was decided: the answer has nowhere to go.
             self.pending.pop(stream_id, None)
             self._forget(stream_id)
+
+    def _reflect(self, stream_id: int, stream: _Stream) -> None:
+        """Answer, at once, every reflection request that has arrived whole on this stream."""
+        data = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
+        try:
+            messages, rest = split_messages(data)
+            stream.need = message_end(rest)
+            replies = b"".join(_frame(self.server.reflection.answer(_unframe(message))) for message in messages)
+        except Exception as exc:
+            self._failed(stream_id, exc)
+            return
+        self.server.buffered -= len(data) - len(rest)
+        stream.body, stream.size = [rest] if rest else [], len(rest)
+        if replies:
+            self._push(stream_id, stream, replies, None)
+
+    def _push(self, stream_id: int, stream: _Stream, body: bytes, trailers: Trailers | None) -> None:
+        """Send answers on a streaming call (its headers first), and its trailers when given."""
+        # A client that asks without reading the answers (the CheckRequest file answers a 37-byte question with
+        # 5.6 KB) gets an error, not an ever longer queue of them here.
+        if stream.unsent + len(body) > MAX_MESSAGE_BYTES:
+            self._fail(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "the client is not reading the answers")
+            return
+        if self.server.buffered + len(body) > MAX_BUFFERED_BYTES:
+            self._fail(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "server holds too many unread answers")
+            return
+        if self._gone(stream_id):
+            self.pending.pop(stream_id, None)
+            self._forget(stream_id)
+            return
+        try:
+            if not stream.started:
+                stream.started = True
+                self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
+            self.pending[stream_id] = (self.pending.get(stream_id, (b"", None))[0] + body, trailers)
+            self._send(stream_id)
+        except h2.exceptions.StreamClosedError:
+            self.pending.pop(stream_id, None)
+            self._forget(stream_id)
+        self._count_unsent(stream_id)
+
+    def _count_unsent(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.started:
+            unsent = len(self.pending.get(stream_id, (b"", None))[0])
+            self.server.buffered += unsent - stream.unsent
+            stream.unsent = unsent
 
     def _watch(self, stream_id: int, body: bytes) -> None:
         """Health/Watch: the status now, then one message per change; the call no longer counts as in flight."""
@@ -531,9 +604,36 @@ class _Connection(asyncio.Protocol):
                 self.pending.pop(stream_id, None)
                 self._forget(stream_id)
                 self._unwatch(stream_id)
+            self._count_unsent(stream_id)
+
+    def _failed(self, stream_id: int, exc: Exception) -> None:
+        """An answer raised: its gRPC error (CheckRefused), or INTERNAL for a bug, logged."""
+        if isinstance(exc, CheckRefused):
+            self._fail(stream_id, exc.code, str(exc))
+            return
+        log.error("a call failed", exc_info=exc)
+        self._fail(stream_id, grpc.StatusCode.INTERNAL, "internal error")
+
+    def _fail(self, stream_id: int, code: grpc.StatusCode, message: str) -> None:
+        """The call ends with an error: trailers-only, or trailers after the answers a streaming call has sent."""
+        stream = self.streams.get(stream_id)
+        self._forget(stream_id)
+        self.pending.pop(stream_id, None)
+        if stream is None or not stream.started:
+            self._refuse(stream_id, code, message)
+            return
+        if self._gone(stream_id):
+            return
+        try:
+            self.h2.send_headers(stream_id, _status_trailers(code, message), end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._reset_if_open(stream_id)
 
     def _refuse(self, stream_id: int, code: grpc.StatusCode, message: str) -> None:
         """A trailers-only answer with a gRPC status; the stream is reset if the client is still sending."""
+        if self._gone(stream_id):
+            return
         try:
             self.h2.send_headers(stream_id, [*_RESPONSE_HEADERS, *_status_trailers(code, message)], end_stream=True)
         except h2.exceptions.StreamClosedError:
@@ -546,12 +646,19 @@ class _Connection(asyncio.Protocol):
             # The client is still sending a body nobody will read: NO_ERROR tells it the answer is complete.
             self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
+    def _gone(self, stream_id: int) -> bool:
+        """The peer has reset the stream, maybe in the bytes whose events are being handled: h2 reads every frame of
+        them before it returns the first event. Sending on it then is no StreamClosedError: h2 has dropped the
+        stream, takes the send for a new one and raises a ProtocolError, and the whole connection would end."""
+        stream = self.h2.streams.get(stream_id)
+        return stream is None or stream.closed
+
     def _forget(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             self.server.open_calls -= 1
-            self.server.buffered -= stream.size
-            stream.size = 0
+            self.server.buffered -= stream.size + stream.unsent
+            stream.size = stream.unsent = 0
 
     def _flush(self) -> None:
         data = self.h2.data_to_send()
@@ -600,11 +707,11 @@ def _frame(message: bytes) -> bytes:
 
 def _unframe(body: bytes) -> bytes:
     """The message of a unary request: one uncompressed gRPC frame, nothing before or after it."""
-    if len(body) < _FRAME_HEADER:
+    if len(body) < FRAME_HEADER:
         raise CheckRefused(grpc.StatusCode.INVALID_ARGUMENT, "request is not one gRPC message")
     if body[0] != 0:
         raise CheckRefused(grpc.StatusCode.UNIMPLEMENTED, "compressed requests are not accepted")
     length = int.from_bytes(body[1:5], "big")
-    if length != len(body) - _FRAME_HEADER:
+    if length != len(body) - FRAME_HEADER:
         raise CheckRefused(grpc.StatusCode.INVALID_ARGUMENT, "request is not one gRPC message")
-    return body[_FRAME_HEADER:]
+    return body[FRAME_HEADER:]

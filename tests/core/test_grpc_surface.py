@@ -1,5 +1,8 @@
 """What any gRPC client, or a hostile one speaking raw HTTP/2, gets from the real server on each transport.
 
+Server reflection is what an operator's `grpcurl -plaintext HOST:9191 list` asks; grpcio-reflection's own client
+asks it here, and the h2 transport's answers are compared with grpc.aio's.
+
 The grpc transports get their HTTP/2 from gRPC's C core; the `h2` transport writes its own gRPC layer over the h2
 library, so the raw HTTP/2 cases (a call in flight across SIGTERM, too many calls at once, an oversized header
 block) are asserted against it frame by frame.
@@ -7,11 +10,12 @@ block) are asserted against it frame by frame.
 
 from __future__ import annotations
 
+import queue
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +23,14 @@ from pathlib import Path
 import grpc
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -31,6 +40,9 @@ from tests.ops.ops_support import CHECKOUT, Workspace
 from tests.ops.test_server_ops import server, stop, wait_for
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
+AUTHORIZATION = "envoy.service.auth.v3.Authorization"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+Question = reflection_pb2.ServerReflectionRequest
 
 
 def _ready(port: int) -> bool:
@@ -107,6 +119,95 @@ def test_h2_health_watch_reports_serving_then_not_serving_on_sigterm(tmp_path: P
         assert running.process.wait(timeout=30) == 0
 
 
+# --- server reflection ---------------------------------------------------------------------------------------
+
+
+def test_reflection_lists_the_services_and_describes_check(running: Running) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert sorted(database.get_services()) == [
+            AUTHORIZATION, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"
+        ]  # fmt: skip
+        pool = descriptor_pool.DescriptorPool(database)
+        check = pool.FindServiceByName(AUTHORIZATION).FindMethodByName("Check")
+        assert (check.input_type.full_name, check.output_type.full_name) == (
+            "envoy.service.auth.v3.CheckRequest", "envoy.service.auth.v3.CheckResponse"
+        )  # fmt: skip
+        served, compiled = descriptor_pb2.FileDescriptorProto(), descriptor_pb2.FileDescriptorProto()
+        check.input_type.file.CopyToProto(served)
+        external_auth_pb2.CheckRequest.DESCRIPTOR.file.CopyToProto(compiled)
+        assert served == compiled
+        with pytest.raises(KeyError):
+            pool.FindServiceByName("no.such.Service")
+
+
+_QUESTIONS = (
+    Question(list_services=""),
+    Question(file_containing_symbol=AUTHORIZATION),
+    Question(file_by_filename=external_auth_pb2.CheckRequest.DESCRIPTOR.file.name),
+    Question(file_containing_symbol="envoy.service.auth.v3.AttributeContext.Request"),
+    Question(all_extension_numbers_of_type="envoy.service.auth.v3.CheckRequest"),
+    Question(file_containing_symbol="no.such.Service"),
+    Question(),  # no question at all: an INVALID_ARGUMENT answer, not an error ending the stream
+)
+
+
+def _reflection_answers(port: int) -> tuple[list[reflection_pb2.ServerReflectionResponse], grpc.StatusCode]:
+    """Every question of _QUESTIONS on one stream: the answers, and how the v1 service (not served) ends."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answers = list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter(_QUESTIONS)))
+        v1 = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+        with pytest.raises(grpc.RpcError) as raised:
+            list(v1(iter([Question(list_services="").SerializeToString()]), timeout=10))
+    return answers, raised.value.code()
+
+
+def test_h2_reflection_answers_as_aio_does(tmp_path: Path) -> None:
+    found = {}
+    for transport in ("aio", "h2"):
+        with _serve(tmp_path / transport, transport) as running:
+            found[transport] = _reflection_answers(running.port)
+    answers, v1 = found["h2"]
+    assert found["h2"] == found["aio"]
+    assert [answer.original_request for answer in answers] == list(_QUESTIONS)
+    kinds = [answer.WhichOneof("message_response") for answer in answers]
+    assert kinds == [
+        "list_services_response", *["file_descriptor_response"] * 3, "all_extension_numbers_response",
+        "error_response", "error_response",
+    ]  # fmt: skip
+    assert len(answers[1].file_descriptor_response.file_descriptor_proto) > 1  # the file and what it imports
+    assert v1 is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_reflection_stream_open_at_sigterm_is_answered_then_ends_ok(running: Running) -> None:
+    questions: queue.Queue[Question | None] = queue.Queue()
+
+    def asked() -> Iterable[Question]:
+        while (question := questions.get(timeout=20)) is not None:
+            yield question
+
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(asked(), timeout=20)
+        questions.put(Question(list_services=""))
+        assert len(next(answers).list_services_response.service) == 3  # answered while the stream stays open
+        running.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: not _accepts(running.port), 10, "the listener closed", running.process, running.tmp_path)
+        questions.put(Question(file_containing_symbol=AUTHORIZATION))
+        assert next(answers).file_descriptor_response.file_descriptor_proto
+        questions.put(None)
+        assert list(answers) == []
+        assert answers.code() is grpc.StatusCode.OK
+    assert running.process.wait(timeout=30) == 0
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_grpc_timeout_values_read_as_seconds() -> None:
     assert parse_grpc_timeout(b"250m") == pytest.approx(0.25)
     assert parse_grpc_timeout(b"2S") == 2.0
@@ -132,12 +233,13 @@ class RawClient:
     def flush(self) -> None:
         self.sock.sendall(self.h2.data_to_send())
 
-    def open(self, path: str = CHECK, extra: tuple[tuple[str, str], ...] = ()) -> int:
+    def open(self, path: str = CHECK, extra: tuple[tuple[str, str], ...] = (), flush: bool = True) -> int:
         stream_id: int = self.h2.get_next_available_stream_id()
         headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "authz"),
                    ("content-type", "application/grpc"), ("te", "trailers"), *extra]  # fmt: skip
         self.h2.send_headers(stream_id, headers)
-        self.flush()
+        if flush:
+            self.flush()
         return stream_id
 
     def send(self, stream_id: int, data: bytes, end: bool) -> None:
@@ -249,17 +351,45 @@ def test_h2_calls_past_the_admission_bound_are_refused_before_their_body(tmp_pat
             client.close()
 
 
+def test_h2_calls_reset_in_the_read_that_ends_them_leave_the_connection_serving(tmp_path: Path) -> None:
+    # Envoy cancels a check whose timeout passed; under load the cancel arrives in the same read as the body, and
+    # the next call's HEADERS with them (h2 then drops the reset streams: an answer sent to one was taken for a new
+    # stream and ended the connection).
+    with _serve(tmp_path, "h2") as running:
+        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
+        client = RawClient(running.port)
+        try:
+            # As grpc-core's clients do (they take no pushed streams): h2 refuses to open a stream towards them.
+            client.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+            cancelled, asked = client.open(), client.open(REFLECTION)
+            client.h2.ping(b"headers!")
+            client.flush()
+            client.read_until(h2.events.PingAckReceived)  # the server has read both calls' HEADERS
+            client.h2.send_data(cancelled, body, end_stream=True)
+            client.h2.reset_stream(cancelled, h2.errors.ErrorCodes.CANCEL)
+            client.h2.send_data(asked, _framed(Question(list_services="").SerializeToString()))
+            client.h2.reset_stream(asked, h2.errors.ErrorCodes.CANCEL)
+            answered = client.open(flush=False)
+            client.h2.send_data(answered, body, end_stream=True)
+            client.flush()  # all of it in one write
+            client.read_until(answered)
+            assert client.trailers(answered)[b"grpc-status"] == b"0"
+        finally:
+            client.close()
+
+
 def test_h2_an_oversized_header_block_closes_only_that_connection(tmp_path: Path) -> None:
     with _serve(tmp_path, "h2") as running:
         client = RawClient(running.port)
         try:
             try:
                 client.open(extra=tuple((f"x-pad-{i}", "v" * 1000) for i in range(80)))  # 80 KB of headers
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # closed while the block was still being written: the GOAWAY can be lost in the RST
-            else:
                 events = client.read_until(h2.events.ConnectionTerminated)
                 assert any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+            except (BrokenPipeError, ConnectionResetError):
+                # Closed with part of the block unread (while it was written, or after): the kernel answers the
+                # unread bytes with a RST, in which the GOAWAY can be lost.
+                pass
         finally:
             client.close()
         assert _ready(running.port)
@@ -308,3 +438,32 @@ def test_h2_messages_being_received_are_bounded_in_bytes_for_the_whole_process(t
                     assert client.trailers(stream_id)[b"grpc-status"] == b"3"  # INVALID_ARGUMENT
         finally:
             client.close()
+
+
+def test_h2_a_reflection_stream_whose_answers_are_not_read_is_ended(tmp_path: Path) -> None:
+    # 800 questions for the CheckRequest file ask ~4.5 MB of answers; the client reads none (its 64 KiB window
+    # stays shut). Nine rounds: answers held that an ended stream did not give back would fill the 32 MiB budget
+    # and change the refusal.
+    asked = b"".join(_framed(Question(file_containing_symbol=AUTHORIZATION).SerializeToString()) for _ in range(800))
+    with _serve(tmp_path, "h2") as running:
+        for _ in range(9):
+            client = RawClient(running.port)
+            try:
+                stream_id = client.open(REFLECTION)
+                _send_flow_controlled(client, stream_id, asked)
+                client.read_until(stream_id)
+                trailers = client.trailers(stream_id)
+                assert trailers[b"grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
+                assert trailers[b"grpc-message"] == b"the client is not reading the answers"
+            finally:
+                client.close()
+        client = RawClient(running.port)
+        try:
+            oversized = client.open(REFLECTION)  # refused on its 5-byte header, before its body is held
+            client.send(oversized, b"\x00" + (5 * 1024 * 1024).to_bytes(4, "big"), end=False)
+            client.read_until(oversized)
+            assert client.trailers(oversized)[b"grpc-message"] == b"message larger than 4194304"
+        finally:
+            client.close()
+        answers, _ = _reflection_answers(running.port)
+        assert len(answers) == len(_QUESTIONS)
