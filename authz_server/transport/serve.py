@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,32 +219,19 @@ class ServerProcess:
     async def _run_aio(self) -> None:
         loop = asyncio.get_running_loop()
         server, reporter, self.port = await build_aio_server(self.slot, self.config.listen, loop, self.admission)
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        try:
-            await server.start()
-
-            def stop_from_thread() -> None:
-                loop.call_soon_threadsafe(stopping.set)
-
-            threading.Thread(target=self._load, args=(reporter, stop_from_thread), daemon=True).start()
-            await stopping.wait()
-            log.info("stopping: draining in-flight calls for up to %.1fs", self.config.grace_period_s)
-            self.ops.readiness.stopping()
-            reporter.not_serving()
-            await server.stop(self.config.grace_period_s)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            self._shutdown_stages()
+        await server.start()
+        await self._serve_until_stopped(reporter, server.stop)
 
     async def _run_h2(self) -> None:
-        loop = asyncio.get_running_loop()
         admission = self.config.admission
         server = H2Server(authorizer_check(self.slot, self.admission), admission.max_in_flight + admission.max_queued)
         self.port = await server.listen(self.config.listen)
-        reporter = HealthReporter(server.health)
+        await self._serve_until_stopped(HealthReporter(server.health), server.drain)
+
+    async def _serve_until_stopped(self, reporter: HealthReporter, drain: Callable[[float], Awaitable[object]]) -> None:
+        """The asyncio transports' life once listening: load the stages in a thread, serve until SIGTERM or SIGINT,
+        then report NOT_SERVING and `drain` in-flight calls for up to grace_period_s."""
+        loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
@@ -258,7 +245,7 @@ class ServerProcess:
             log.info("stopping: draining in-flight calls for up to %.1fs", self.config.grace_period_s)
             self.ops.readiness.stopping()
             reporter.not_serving()
-            await server.drain(self.config.grace_period_s)
+            await drain(self.config.grace_period_s)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -36,6 +36,7 @@ from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz_server.dev.mesh import free_port
 from authz_server.transport.h2_server import parse_grpc_timeout
+from tests.core.test_hostile_requests import _ready
 from tests.ops.ops_support import CHECKOUT, Workspace
 from tests.ops.test_server_ops import server, stop, wait_for
 
@@ -43,15 +44,6 @@ CHECK = "/envoy.service.auth.v3.Authorization/Check"
 AUTHORIZATION = "envoy.service.auth.v3.Authorization"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 Question = reflection_pb2.ServerReflectionRequest
-
-
-def _ready(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            external_auth_pb2_grpc.AuthorizationStub(channel).Check(external_auth_pb2.CheckRequest(), timeout=2)
-        except grpc.RpcError:
-            return False
-    return True
 
 
 @dataclass
