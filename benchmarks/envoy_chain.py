@@ -172,6 +172,8 @@ class ChainSpec:
     authz_socket: str | None = None
     """The server's Unix socket instead of a port (the sidecar layout)."""
     max_concurrent_streams: int = 0
+    authz_max_requests: int = SidecarSpec.authz_max_requests
+    authz_max_pending_requests: int = SidecarSpec.authz_max_pending_requests
     sidecar_concurrency: int = 1
     client_concurrency: int = 1
     sidecar_cpus: str | None = None
@@ -201,6 +203,8 @@ def start_chain(workload: Workload, workdir: Path, spec: ChainSpec) -> Chain:
         tls=TlsFiles(str(callee_cert), str(callee_key), str(bundle)),
         admin=Endpoint("127.0.0.1", free_port()),
         authz_max_concurrent_streams=spec.max_concurrent_streams,
+        authz_max_requests=spec.authz_max_requests,
+        authz_max_pending_requests=spec.authz_max_pending_requests,
         rbac=workload.rbac_config() if spec.authz == "rbac" else None,
         access_log=False,
         upstream_direct_response='{"ok":true}',

@@ -161,6 +161,50 @@ def _h2load_latencies(log: Path) -> list[float]:
     return values
 
 
+@dataclass(frozen=True)
+class Answered:
+    """One request of an h2load run, from its per-request log."""
+
+    started_s: float
+    """Wall-clock time the request was sent (seconds since the epoch)."""
+    status: int
+    """HTTP status, or -1 when the request failed without one."""
+    latency_s: float
+
+
+def h2load_requests(
+    url: str,
+    *,
+    clients: int,
+    streams: int,
+    seconds: float,
+    rps_per_client: float | None = None,
+    cpus: str | None = None,
+    headers: Sequence[str] = (),
+) -> list[Answered]:
+    """Plain HTTP/2 (h2c) GETs for `seconds`, closed loop or at `rps_per_client`: every request's status and time."""
+    require("h2load")
+    with tempfile.TemporaryDirectory(prefix="bench-h2load-") as tmp:
+        log = Path(tmp) / "requests.tsv"
+        command = ["h2load", url, "-c", str(clients), "-m", str(streams), "-t", "1",
+                   "-D", f"{round(seconds * 1000)}ms", f"--log-file={log}"]  # fmt: skip
+        if rps_per_client:
+            command += [f"--rps={rps_per_client:g}"]
+        for header in headers:
+            command += ["-H", header]
+        if cpus:
+            command = ["taskset", "-c", cpus, *command]
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+        if finished.returncode != 0:
+            raise RuntimeError(f"h2load failed ({finished.returncode}):\n{(finished.stdout + finished.stderr)[-3000:]}")
+        rows = []
+        for row in log.read_text().splitlines():
+            parts = row.split("\t")
+            if len(parts) >= 3:
+                rows.append(Answered(int(parts[0]) / 1e6, int(parts[1]), int(parts[2]) / 1e6))
+    return rows
+
+
 # --- wrk: HTTP/1.1 through the client-side Envoy -------------------------------------
 
 

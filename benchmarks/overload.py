@@ -22,6 +22,7 @@ health probe (grpc.health.v1 on the serving port, as kubelet's probes) runs besi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -43,12 +44,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.dev.mesh import free_port
 from authz_server.transport.config import AdmissionConfig
-from benchmarks.loadgen import grpc_body_file, h2load_grpc
+from benchmarks.envoy_chain import Chain, ChainSpec, start_chain
+from benchmarks.loadgen import Answered, grpc_body_file, h2load_grpc, h2load_requests
 from benchmarks.pipeline import write_inputs
 from benchmarks.run import machine
 from benchmarks.servers import CHECK_METHOD, ServerGroup, check_response_ok, pinned, probe_check
 from benchmarks.stats import percentile
-from benchmarks.workload import TRUST_DOMAIN, Kind, TrustDomainFixture, Workload
+from benchmarks.workload import CALLER_HEADER, TRUST_DOMAIN, Kind, Sample, TrustDomainFixture, Workload
 
 DEADLINE_S = 0.25
 GRPC_TIMEOUT = "250m"
@@ -231,14 +233,22 @@ def capacity(
     return decided / (time.time() - started), decided / max(group.cpu_seconds() - cpu, 1e-9)
 
 
-def offer(port: int, body: Path, rate: float, seconds: float, cpus: str | None) -> dict[str, Any]:
-    """h2load open loop at `rate` calls/s for `seconds`, every call with grpc-timeout 250m."""
-    clients = 4
+OFFER_CLIENTS = 4
+OFFER_IN_FLIGHT = 1024
+"""Calls h2load may have outstanding at once over its OFFER_CLIENTS connections by default: as many Envoys without
+circuit breakers would send."""
+
+
+def offer(port: int, body: Path, rate: float, seconds: float, cpus: str | None, in_flight: int) -> dict[str, Any]:
+    """h2load open loop at `rate` calls/s for `seconds`, every call with grpc-timeout 250m, at most `in_flight`
+    outstanding (h2load holds the next call back until one is answered, as Envoy's `max_requests` circuit breaker
+    refuses it: either way the server never sees it)."""
+    clients = OFFER_CLIENTS
     result = h2load_grpc(
         f"http://127.0.0.1:{port}{CHECK_METHOD}",
         body,
         clients=clients,
-        streams=256,
+        streams=max(1, in_flight // clients),
         seconds=seconds,
         warmup_s=0.0,
         rps_per_client=rate / clients,
@@ -258,6 +268,7 @@ class Subject:
     group: ServerGroup
     metrics_port: int
     request: bytes
+    client_in_flight: int = OFFER_IN_FLIGHT
     best_capacity: float = 0.0
     best_unloaded_p99_ms: float = float("inf")
     levels: list[dict[str, Any]] = field(default_factory=list)
@@ -291,7 +302,7 @@ class Subject:
         probe = Probe(group.port, self.request).start()
         health = HealthProbe(group.port).start()
         started = time.time()
-        load = offer(group.port, body, cap * factor, options.seconds, options.generator_cpus)
+        load = offer(group.port, body, cap * factor, options.seconds, options.generator_cpus, self.client_in_flight)
         ended = time.time()
         health.stop()
         after, cpu = counters(metrics_port), group.cpu_seconds() - cpu
@@ -318,6 +329,9 @@ class Subject:
             "shed_503": int(after["shed"] - before["shed"]),
             "answered_by_h2load": load["answered"],
             "p99_decided_ms": round(p99_ms(during), 2),
+            "p50_decided_ms": round(
+                percentile(sorted(c.latency_s for c in during if c.outcome == "decided"), 50.0) * 1000, 2
+            ),
             "probe_outcomes": outcomes,
             "health_failed": f"{health.failed}/{health.failed + health.answered}",
             "recovery_s": recovery_s(calls, ended, P99_TARGET_RATIO * self.best_unloaded_p99_ms / 1000),
@@ -328,7 +342,102 @@ class Subject:
         return row
 
     def result(self) -> dict[str, Any]:
-        return {"config": self.name, "transport": self.transport, "admission": self.admission, "levels": self.levels}
+        return {
+            "config": self.name,
+            "transport": self.transport,
+            "admission": self.admission,
+            "client_in_flight": self.client_in_flight,
+            "levels": self.levels,
+        }
+
+
+ENVOY_PROBE_RPS = 50
+"""The unloaded and recovery probes through Envoy: one request every 20 ms, as the direct probe."""
+
+
+@dataclass
+class EnvoySubject(Subject):
+    """The same server behind the sidecar Envoy this project renders (h2load -> client Envoy -> mTLS -> sidecar
+    Envoy with ext_authz -> the server; the sidecar answers allowed requests itself): what a mesh user gets. A
+    request is decided in time when it comes back 200 (the sample is allowed): Envoy turns a Check it refused at
+    its circuit breakers, one the server refused or shed, and one that outlived the 250 ms timeout into 503."""
+
+    chain: Chain | None = None
+    sample: Sample | None = None
+
+    def _headers(self) -> list[str]:
+        assert self.sample is not None
+        skip = {"content-length", "content-type"}
+        pairs = [f"{name}: {value}" for name, value in self.sample.headers if name not in skip]
+        return [*pairs, f"{CALLER_HEADER}: {self.sample.caller}", "host: payments.shop.svc.cluster.local"]
+
+    def _url(self) -> str:
+        assert self.chain is not None and self.sample is not None
+        return self.chain.url + self.sample.path
+
+    def _probe(self, seconds: float, cpus: str | None) -> list[Answered]:
+        return h2load_requests(
+            self._url(), clients=1, streams=1, seconds=seconds, rps_per_client=ENVOY_PROBE_RPS, cpus=cpus,
+            headers=self._headers(),
+        )  # fmt: skip
+
+    def level(self, factor: float, body: Path, options: argparse.Namespace) -> dict[str, Any]:
+        group, metrics_port, cpus = self.group, self.metrics_port, options.generator_cpus
+        unloaded = _p99_ok_ms(self._probe(options.unloaded_seconds, cpus))
+        self.best_unloaded_p99_ms = min(self.best_unloaded_p99_ms, unloaded)
+        rates = []
+        for _ in range(options.repeats):
+            rows = h2load_requests(
+                self._url(), clients=2, streams=8, seconds=options.capacity_seconds, cpus=cpus, headers=self._headers()
+            )
+            rates.append(sum(r.status == 200 for r in rows) / options.capacity_seconds)
+        self.best_capacity = cap = max(self.best_capacity, *rates)
+        time.sleep(0.5)
+        before, cpu = counters(metrics_port), group.cpu_seconds()
+        health = HealthProbe(group.port).start()
+        started = time.time()
+        load = h2load_requests(
+            self._url(), clients=4, streams=256, seconds=options.seconds, rps_per_client=cap * factor / 4, cpus=cpus,
+            headers=self._headers(),
+        )  # fmt: skip
+        ended = time.time()
+        health.stop()
+        after, cpu = counters(metrics_port), group.cpu_seconds() - cpu
+        probe = self._probe(options.recovery_seconds, cpus)
+        elapsed = ended - started
+        statuses: dict[str, int] = {}
+        for answered in load:
+            statuses[str(answered.status)] = statuses.get(str(answered.status), 0) + 1
+        in_time = sum(r.status == 200 and r.latency_s <= DEADLINE_S for r in load)
+        bound_s = P99_TARGET_RATIO * self.best_unloaded_p99_ms / 1000
+        calls = [ProbeCall(r.started_s, r.latency_s, "decided" if r.status == 200 else str(r.status)) for r in probe]
+        row = {
+            "factor": factor,
+            "unloaded_p99_ms": round(unloaded, 2),
+            "best_unloaded_p99_ms": round(self.best_unloaded_p99_ms, 2),
+            "capacity_per_s": round(cap),
+            "offered_per_s": round(cap * factor),
+            "decided_in_time_per_s": round(in_time / elapsed),
+            "share_of_capacity": round(in_time / elapsed / cap, 3),
+            "share_per_cpu": float("nan"),
+            "server_cpu_share": round(cpu / elapsed, 2),
+            "late": int(after["late"] - before["late"]),
+            "shed_503": statuses.get("503", 0),
+            "server_shed": int(after["shed"] - before["shed"]),
+            "server_decided": int(after["decided"] - before["decided"]),
+            "answered_by_h2load": len(load),
+            "statuses": statuses,
+            "p99_decided_ms": round(_p99_ok_ms(load), 2),
+            "health_failed": f"{health.failed}/{health.failed + health.answered}",
+            "recovery_s": recovery_s(calls, ended, bound_s),
+            "load_average": round(os.getloadavg()[0], 2),
+        }
+        self.levels.append(row)
+        return row
+
+
+def _p99_ok_ms(rows: Sequence[Answered]) -> float:
+    return percentile(sorted(r.latency_s for r in rows if r.status == 200), 99.0) * 1000
 
 
 def missed(row: dict[str, Any], unloaded_p99_ms: float) -> list[str]:
@@ -357,11 +466,12 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
             recovery = "none" if row["recovery_s"] is None else f"{row['recovery_s']:.2f} s"
             misses = missed(row, unloaded)
             targets = "met" if not misses else "missed: " + ", ".join(misses)
+            per_cpu = "-" if row["share_per_cpu"] != row["share_per_cpu"] else f"{row['share_per_cpu']:.0%}"
             lines.append(
                 f"| {result['config']} | {unloaded} ms "
                 f"| {row['factor']}x {row['capacity_per_s']:,} = {row['offered_per_s']:,}/s "
                 f"| {row['decided_in_time_per_s']:,} "
-                f"| {row['share_of_capacity']:.0%} | {row['share_per_cpu']:.0%} | {row['p99_decided_ms']} ms "
+                f"| {row['share_of_capacity']:.0%} | {per_cpu} | {row['p99_decided_ms']} ms "
                 f"| {row['p99_decided_ms'] / max(unloaded, 1e-9):.1f}x "
                 f"| {row['shed_503']:,} "
                 f"| {row['late']:,} | {recovery} | {row['health_failed']} | {targets} "
@@ -400,8 +510,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         help='server `admission` settings as JSON, e.g. {"max_queued": 8}; repeat to compare several in one run',
     )
+    parser.add_argument(
+        "--via",
+        choices=("direct", "envoy"),
+        default="direct",
+        help="direct: h2load and the probe call the server; envoy: through the sidecar Envoy this project renders",
+    )
+    parser.add_argument(
+        "--envoy-breakers",
+        action="append",
+        default=[],
+        help="with --via envoy: the ext_authz cluster's MAX_REQUESTS,MAX_PENDING (default: the rendered ones); "
+        "repeat to compare",
+    )
+    parser.add_argument(
+        "--client-in-flight",
+        action="append",
+        default=[],
+        help=f"direct: calls h2load keeps outstanding at most (default {OFFER_IN_FLIGHT}); repeat to compare",
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/out/overload.json"))
     return parser.parse_args(argv)
+
+
+def _chain_spec(port: int, breaker: str, options: argparse.Namespace) -> ChainSpec:
+    """The Envoy chain in front of one server: both Envoys on the generator's CPUs, the rendered circuit breakers
+    unless `breaker` ("MAX_REQUESTS,MAX_PENDING") says otherwise."""
+    cpus = options.generator_cpus
+    spec = ChainSpec("ext_authz", port, sidecar_cpus=cpus, client_cpus=cpus)
+    if breaker:
+        max_requests, max_pending = (int(x) for x in breaker.split(","))
+        spec = dataclasses.replace(spec, authz_max_requests=max_requests, authz_max_pending_requests=max_pending)
+    return spec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,28 +549,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.server_cpus = options.server_cpus or None
     options.generator_cpus = options.generator_cpus or None
     workload = Workload(TrustDomainFixture.create())
-    request = next(s for s in workload.samples(200) if s.kind is Kind.ALLOWED).serialized
+    # An allowed GET: through Envoy h2load sends it as is (method, path, headers, caller).
+    sample = next(s for s in workload.samples(200) if s.kind is Kind.ALLOWED and s.method == "GET")
+    request = sample.serialized
     started = header(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
         workdir = Path(tmp)
         body = grpc_body_file(request, workdir)
         bundle, policies = write_inputs(workload, workdir / "inputs")
-        configs: list[tuple[str, str, dict[str, Any] | None]] = []
+        configs: list[tuple[str, str, dict[str, Any] | None, str]] = []
+        variants = options.envoy_breakers if options.via == "envoy" else options.client_in_flight
         for transport in options.transports.split(","):
             for settings in options.admission or [""]:
                 admission = json.loads(settings) if settings else None
                 name = f"{transport} {settings}" if len(options.admission) > 1 else transport
-                configs.append((name, transport, admission))
+                for variant in variants or [""]:
+                    label = "breakers" if options.via == "envoy" else "client in flight"
+                    configs.append((f"{name}, {label} {variant}" if len(variants) > 1 else name, transport,
+                                    admission, variant))  # fmt: skip
             if options.compare_unbounded:
-                configs.append((f"{transport}, unbounded", transport, UNBOUNDED))
+                configs.append((f"{transport}, unbounded", transport, UNBOUNDED, ""))
         subjects: list[Subject] = []
         try:
-            for name, transport, admission in configs:
+            for name, transport, admission, variant in configs:
                 where = workdir / f"{len(subjects)}-{transport}"
                 group, metrics_port = start_server(
                     where, bundle, policies, transport, options.server_cpus, request, admission
                 )
-                subjects.append(Subject(name, transport, admission, group, metrics_port, request))
+                if options.via == "envoy":
+                    chain = start_chain(workload, where / "envoy", _chain_spec(group.port, variant, options))
+                    envoy = EnvoySubject(name, transport, admission, group, metrics_port, request, chain=chain)
+                    envoy.sample = sample
+                    subjects.append(envoy)
+                else:
+                    in_flight = int(variant) if variant else OFFER_IN_FLIGHT
+                    subjects.append(Subject(name, transport, admission, group, metrics_port, request, in_flight))
                 if not check_response_ok(probe_check(group.port, request)):
                     raise RuntimeError("the probe request was not allowed: the benchmark setup is broken")
             # Level by level, every configuration in turn: a noisy minute on a shared machine then hits all alike.
@@ -440,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(json.dumps({"config": subject.name, **row}), flush=True)
         finally:
             for subject in subjects:
+                if isinstance(subject, EnvoySubject) and subject.chain is not None:
+                    subject.chain.stop()
                 subject.group.stop()
         results = [subject.result() for subject in subjects]
     print(started)

@@ -76,6 +76,14 @@ class SidecarSpec:
     authz_max_concurrent_streams: int = 0
     """Cap per HTTP/2 connection to the server; > 0 makes Envoy open more connections, which
     SO_REUSEPORT spreads over the server's worker processes."""
+    authz_max_requests: int = 16
+    """Checks this Envoy keeps outstanding at the server (circuit breaker `max_requests` on the ext_authz cluster).
+    Past it Envoy fails a new Check at once, in C++, and answers `status_on_error` (503): the server never sees
+    the excess, so it spends no CPU refusing it, and a decided call waits behind at most this many others."""
+    authz_max_pending_requests: int = 16
+    """Checks waiting in this Envoy for a connection or a free stream to the server (circuit breaker
+    `max_pending_requests`): the server's SETTINGS_MAX_CONCURRENT_STREAMS on a busy connection, or the
+    connection being opened. Past it Envoy answers `status_on_error` at once."""
     authz_dns: bool = False
     """Resolve the server's host by DNS instead of a static address. Name a headless Service: every address is
     a host Envoy balances each Check over, and the DNS refresh and the connection lifetime below bring in the
@@ -138,6 +146,16 @@ def _http2(max_concurrent_streams: int = 0, max_connection_duration: str = "") -
     if max_connection_duration:
         protocol["common_http_protocol_options"] = {"max_connection_duration": max_connection_duration}
     return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": protocol}
+
+
+def authz_circuit_breakers(max_requests: int, max_pending_requests: int) -> dict[str, Any]:
+    """The ext_authz cluster's circuit breakers: how many Checks Envoy keeps at the server, and waiting for it.
+
+    Envoy refuses a Check over either limit at once (counter upstream_rq_pending_overflow) and the ext_authz filter
+    answers it with `status_on_error`: the cheapest refusal there is, in the caller's own proxy
+    (benchmarks/RESULTS.md, "Overload", through Envoy). Envoy's defaults (1024 of each) let a sidecar queue far more
+    Checks at the server than it can decide within the 250 ms timeout."""
+    return {"thresholds": [{"max_requests": max_requests, "max_pending_requests": max_pending_requests}]}
 
 
 def _tls_context(spec: SidecarSpec) -> dict[str, Any]:
@@ -280,8 +298,7 @@ def render_bootstrap(spec: SidecarSpec) -> dict[str, Any]:
         cluster = _static_cluster(EXT_AUTHZ_CLUSTER, spec.authz, dns=spec.authz_dns)
         lifetime = AUTHZ_CONNECTION_LIFETIME if spec.authz_dns else ""
         cluster["typed_extension_protocol_options"] = _http2(spec.authz_max_concurrent_streams, lifetime)
-        # Envoy's default of 1024 pending checks per cluster is too low for a busy sidecar.
-        cluster["circuit_breakers"] = {"thresholds": [{"max_requests": 100_000, "max_pending_requests": 100_000}]}
+        cluster["circuit_breakers"] = authz_circuit_breakers(spec.authz_max_requests, spec.authz_max_pending_requests)
         clusters.append(cluster)
     if isinstance(spec.tls, SpireSds):
         clusters.append(

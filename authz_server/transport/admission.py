@@ -154,4 +154,6 @@ def grpc_options(config: AdmissionConfig) -> list[tuple[str, int]]:
         # Below the soft limit nothing is refused; between soft and hard a share growing to 1; above, all.
         ("grpc.server.max_pending_requests", config.max_queued),
         ("grpc.server.max_pending_requests_hard_limit", config.max_queued),
+        # Advertised in SETTINGS: a client sends no more streams than this on one connection.
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
     ]

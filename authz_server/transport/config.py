@@ -41,6 +41,10 @@ class AdmissionConfig:
     stream at once, before any Python runs. With max_in_flight it caps a decided call's wait at about
     (max_in_flight + max_queued) x the server's time per call: 32 x ~0.5-0.7 ms at the defaults. Smaller bounds cut
 that wait but refuse bursts the server would have decided (transport/admission.py)."""
+    max_streams_per_connection: int = 1024
+    """HTTP/2 streams one client connection may have open at once, advertised in SETTINGS_MAX_CONCURRENT_STREAMS
+    (every transport). Envoy, grpc and nghttp2 send no more on that connection: the excess waits at the client,
+    where Envoy's circuit breakers on the ext_authz cluster refuse it in C++ instead of this server in Python."""
     reserve_ms: float = 1.0
     """A call is decided only when its deadline leaves at least this much beyond the expected decision time (the
     moving average of recent decisions); otherwise it is answered at once with `overloaded`."""
@@ -51,6 +55,8 @@ that wait but refuse bursts the server would have decided (transport/admission.p
             problems.append(f"max_in_flight: must be >= 1, got {self.max_in_flight}")
         if self.max_queued < 0:
             problems.append(f"max_queued: must be >= 0, got {self.max_queued}")
+        if self.max_streams_per_connection < 1:
+            problems.append(f"max_streams_per_connection: must be >= 1, got {self.max_streams_per_connection}")
         if self.reserve_ms < 0:
             problems.append(f"reserve_ms: must be >= 0, got {self.reserve_ms}")
         return problems

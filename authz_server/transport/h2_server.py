@@ -99,6 +99,7 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 HEALTH_CHECK_PATH = f"/{HEALTH_SERVICE}/Check".encode()
 HEALTH_WATCH_PATH = f"/{HEALTH_SERVICE}/Watch".encode()
 _PATHS = (CHECK_PATH, HEALTH_CHECK_PATH, HEALTH_WATCH_PATH, REFLECTION_PATH)
+_HEALTH_PATHS = (HEALTH_CHECK_PATH, HEALTH_WATCH_PATH)
 
 MAX_HEADER_LIST_BYTES = 16 * 1024
 """Decoded header block of one request (grpc-core's default cap is 8 KiB); an XFCC with a chain is a few KiB."""
@@ -243,7 +244,7 @@ def authorizer_check(slot: AuthorizerSlot, admission: Admission) -> Check:
 class H2Server:
     """The process's listener, its connections and the bounds they share."""
 
-    def __init__(self, check: Check, max_open: int) -> None:
+    def __init__(self, check: Check, max_open: int, max_streams: int = MAX_CONCURRENT_STREAMS) -> None:
         self.check = check
         self.health = HealthStatus(("", AUTHORIZATION_SERVICE))
         self.reflection = Reflection()
@@ -257,7 +258,7 @@ class H2Server:
         self._listener: asyncio.AbstractServer | None = None
         self._socket_path: str | None = None
         self._settings: dict[h2.settings.SettingCodes | int, int] = {
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: min(max_streams, MAX_CONCURRENT_STREAMS),
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES,
         }
         # What this server sends is its own constants (and a percent-encoded grpc-message): h2's checks of outbound
@@ -433,7 +434,7 @@ class _Connection(asyncio.Protocol):
         if path not in _PATHS:
             self._refuse(stream_id, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}")
             return
-        if self.server.open_calls >= self.server.max_open:
+        if self.server.open_calls >= self.server.max_open and path not in _HEALTH_PATHS:
             self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
             return
         seconds = parse_grpc_timeout(timeout) if timeout else None

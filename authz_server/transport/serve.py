@@ -224,7 +224,11 @@ class ServerProcess:
 
     async def _run_h2(self) -> None:
         admission = self.config.admission
-        server = H2Server(authorizer_check(self.slot, self.admission), admission.max_in_flight + admission.max_queued)
+        server = H2Server(
+            authorizer_check(self.slot, self.admission),
+            admission.max_in_flight + admission.max_queued,
+            admission.max_streams_per_connection,
+        )
         self.port = await server.listen(self.config.listen)
         await self._serve_until_stopped(HealthReporter(server.health), server.drain)
 

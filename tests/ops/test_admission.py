@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import jsonschema
 import pytest
+from grpc_health.v1 import health_pb2
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.audit.schema import decision_log_schema, shed_line_schema
@@ -163,6 +164,47 @@ def test_calls_beyond_the_in_flight_and_queue_bounds_are_refused_and_the_rest_de
         # The in-flight gate leaves the excess in the C core, which resets it: grpcio never refuses in Python.
         assert "RESOURCE_EXHAUSTED" not in counts, counts
     assert value(text, "authz_admission_decided_total") >= counts["allowed"]
+
+
+async def health_beside_a_burst(port: int, request: bytes, count: int, checks: int) -> tuple[list[str], list[str]]:
+    """A burst of Checks on one connection and, while it runs, `checks` health checks on another (kubelet's)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as probe:
+        health = probe.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        await health(health_pb2.HealthCheckRequest(), timeout=10)  # connected before the burst starts
+
+        async def probes() -> list[str]:
+            answers = []
+            for _ in range(checks):
+                try:
+                    reply = await health(health_pb2.HealthCheckRequest(), timeout=10)
+                    answers.append(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+                except grpc.aio.AioRpcError as exc:
+                    answers.append(exc.code().name)
+                await asyncio.sleep(0.002)
+            return answers
+
+        outcomes, answers = await asyncio.gather(burst(port, request, count), probes())
+    return outcomes, answers
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_health_checks_on_the_serving_port_are_answered_while_checks_are_refused(
+    workspace: Workspace, tmp_path: Path, transport: str
+) -> None:
+    # kubelet's probes share the port with the Checks: a server that refused them under load would be restarted or
+    # taken out of its Service just when it is busiest.
+    config, port = serve(workspace, tmp_path, transport, max_in_flight=1, max_queued=0)
+    metrics = int(config["metrics"]["listen"].rsplit(":", 1)[1])
+    request = workspace.request(BILLING, "GET", "/v1/charges/1").SerializeToString()
+    with server(workspace, tmp_path, config) as process:
+        wait_for(lambda: get(metrics, "/readyz")[0] == 200, 60, "ready", process, tmp_path)
+        outcomes, answers = asyncio.run(health_beside_a_burst(port, request, 300, 20))
+    assert any(outcome != "allowed" for outcome in outcomes), "the burst never went past the bounds"
+    assert answers == ["SERVING"] * 20, answers
 
 
 def test_admission_bounds_are_validated() -> None:
