@@ -135,6 +135,9 @@ class LocalMesh:
     """Raise Envoy's 60 KiB cap on request headers (tests sending longer paths)."""
     authz_timeout_s: float = 0.25
     """Envoy's ext_authz timeout (a test measuring memory, not latency, raises it on a busy machine)."""
+    authz_max_requests: int = SidecarSpec.authz_max_requests
+    authz_max_pending_requests: int = SidecarSpec.authz_max_pending_requests
+    """Envoy's circuit breakers on the ext_authz cluster (SidecarSpec)."""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +198,8 @@ class LocalMesh:
             forward_client_cert=self.forward_client_cert,  # type: ignore[arg-type]
             max_request_headers_kb=self.max_request_headers_kb,
             authz_timeout_s=self.authz_timeout_s,
+            authz_max_requests=self.authz_max_requests,
+            authz_max_pending_requests=self.authz_max_pending_requests,
         )
         self.envoy = EnvoyProcess(spec, self.workdir / "envoy").start()
         return self

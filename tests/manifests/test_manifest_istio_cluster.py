@@ -16,6 +16,8 @@ import pytest
 import yaml
 from manifest_support import MANIFESTS, Object, build, build_with_components, config_show, container, find, kubectl
 
+from authz_server.envoy.bootstrap import SidecarSpec
+
 COMPONENTS = MANIFESTS / "components" / "istio-certificates"
 
 
@@ -137,3 +139,21 @@ def test_retraining_job_runs_without_a_sidecar_under_istio() -> None:
     labels = cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
     # An injected (non-native) sidecar never exits, so the Job never completes (Istio 1.22-1.26 defaults).
     assert labels["sidecar.istio.io/inject"] == "false"
+
+
+def test_callers_sidecars_refuse_checks_past_the_same_circuit_breakers_as_the_rendered_envoy() -> None:
+    # The provider's host is where every sidecar's ext_authz cluster points; its DestinationRule sets that cluster's
+    # circuit breakers, which must be the ones the Envoy overlays render.
+    objects = build("overlays/istio")
+    rule = find(objects, "DestinationRule", "authz-server")
+    values = yaml.safe_load((MANIFESTS / "overlays/istio/istiod-values.yaml").read_text())
+    providers = values["meshConfig"]["extensionProviders"]
+    service = next(p["envoyExtAuthzGrpc"]["service"] for p in providers if p["name"] == "authz-server")
+    assert rule["spec"]["host"] == service
+    assert rule["metadata"]["namespace"] == service.split(".")[1]
+    pool = rule["spec"]["trafficPolicy"]["connectionPool"]["http"]
+    assert pool == {
+        "http2MaxRequests": SidecarSpec.authz_max_requests,
+        "http1MaxPendingRequests": SidecarSpec.authz_max_pending_requests,
+    }
+    assert "tls" not in rule["spec"]["trafficPolicy"]  # Istio's auto mTLS stays on
