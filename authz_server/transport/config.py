@@ -43,8 +43,9 @@ class AdmissionConfig:
 that wait but refuse bursts the server would have decided (transport/admission.py)."""
     max_streams_per_connection: int = 1024
     """HTTP/2 streams one client connection may have open at once, advertised in SETTINGS_MAX_CONCURRENT_STREAMS
-    (every transport). Envoy, grpc and nghttp2 send no more on that connection: the excess waits at the client,
-    where Envoy's circuit breakers on the ext_authz cluster refuse it in C++ instead of this server in Python."""
+    (every transport). A client sends no more on that connection: Envoy opens another one (up to its
+    max_connections circuit breaker), grpc and nghttp2 clients hold the call back. Envoy's bound on what it sends
+    is its max_requests circuit breaker on the ext_authz cluster (envoy/bootstrap.py), not this."""
     reserve_ms: float = 1.0
     """A call is decided only when its deadline leaves at least this much beyond the expected decision time (the
     moving average of recent decisions); otherwise it is answered at once with `overloaded`."""
