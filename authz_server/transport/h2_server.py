@@ -24,8 +24,9 @@ pod network behind a NetworkPolicy, or a Unix socket.
 
 The same admission as the grpc transports (admission.py), reading "in flight"
 as "its HEADERS arrived, its answer is not yet written": past
-`max_in_flight + max_queued` such calls (any method; a reflection stream counts
-until it ends, as grpc.aio counts it) a new one is refused with
+`max_in_flight + max_queued` such calls (any method but grpc.health.v1, which kubelet's probes send on this
+port and which must be answered under overload, not refused beside the Checks: answered inline, they cost
+little; a reflection stream counts until it ends, as grpc.aio counts it) a new one is refused with
 RESOURCE_EXHAUSTED before its body is read (here nothing waits in a C core, so
 the two bounds add up to one; calls not yet read wait in the socket, where
 their deadline bounds them: counting every call of one read against the bound
@@ -108,8 +109,9 @@ _CONTINUATION_FRAMES = 4
 a connection. A block within MAX_HEADER_LIST_BYTES fits in a HEADERS frame and one CONTINUATION when the sender
 fills its frames; 4 leaves room for one that does not, and bounds what a connection holds there at 64 KiB."""
 MAX_CONCURRENT_STREAMS = 1024
-"""Advertised per connection. Envoy opens another connection past it rather than fail a call; admission refuses
-calls well before it (max_in_flight + max_queued for the whole process)."""
+"""Advertised per connection at most (`admission.max_streams_per_connection` may set less). Envoy opens another
+connection past it rather than fail a call; admission refuses calls well before it (max_in_flight + max_queued for
+the whole process)."""
 MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 """Every partly received message of the process together: eight of the largest a call may send."""
 MAX_CONNECTIONS = 1024
