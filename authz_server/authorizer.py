@@ -25,10 +25,12 @@ from authz_server.identity.result import Identity
 from authz_server.response import build_response
 from authz_server.risk.outcome import RISK_DISABLED
 from authz_server.stages import IdentityStage, PolicyStage, RiskStage
+from authz_server.values import fast_init
 
 _ns = time.perf_counter_ns
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StageTimings:
     """Microseconds spent in each stage of one check."""

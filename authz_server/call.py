@@ -14,6 +14,7 @@ from types import MappingProxyType
 from google.protobuf.message import DecodeError
 
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz_server.values import fast_init
 
 CheckRequest = external_auth_pb2.CheckRequest
 
@@ -30,6 +31,7 @@ def decode_request(data: bytes) -> CheckRequest:
         raise MalformedRequest("the request is not a valid envoy.service.auth.v3.CheckRequest message") from None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Peer:
     """One side of the connection as Envoy saw it."""
@@ -42,6 +44,7 @@ class Peer:
     port: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Call:
     """What is being asked: who calls whom, how, on which route."""

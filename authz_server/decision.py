@@ -15,6 +15,7 @@ from enum import StrEnum
 from authz_server.identity.result import Identity, IdentityFailure, IdentityResult
 from authz_server.policy.outcome import PolicyOutcome, RiskTimeoutAction
 from authz_server.risk.outcome import RiskAction, RiskOutcome, RiskStatus
+from authz_server.values import fast_init
 
 
 class Verdict(StrEnum):
@@ -33,6 +34,7 @@ RISK = "risk"
 RISK_TIMEOUT = "risk-timeout"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     decision_id: str

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from authz_server.values import fast_init
+
 
 class PolicyReason(StrEnum):
     ALLOWED = "allowed"
@@ -26,6 +28,7 @@ class RiskTimeoutAction(StrEnum):
     DENY = "deny"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PolicyOutcome:
     allowed: bool
