@@ -33,6 +33,18 @@ class OnnxMissing(RuntimeError):
     """The `onnx` package (the `train` extra) is not installed."""
 
 
+_ONNX_MISSING = "writing a model needs the onnx package: pip install 'authz-server[train]' (or pip install onnx)"
+
+
+def require_onnx() -> None:
+    """Raise OnnxMissing now, before a training run that would only find out when it writes the model: reading
+    and replaying two days of a site's decision log takes minutes."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise OnnxMissing(_ONNX_MISSING) from exc
+
+
 @dataclass(frozen=True)
 class SurpriseTables:
     """Per feature, the hinges of its table: knots [F, K], widths [F, K], slopes [F, K]; caps [F]."""
@@ -99,9 +111,7 @@ def to_onnx(tables: SurpriseTables, bands: tuple[np.ndarray, ...], metadata: dic
         import onnx
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as exc:
-        raise OnnxMissing(
-            "writing a model needs the onnx package: pip install 'authz-server[train]' (or pip install onnx)"
-        ) from exc
+        raise OnnxMissing(_ONNX_MISSING) from exc
 
     n_features = tables.knots.shape[0]
 

@@ -58,7 +58,7 @@ def _fail(message: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from authz_server.risklab.graph import OnnxMissing
+    from authz_server.risklab.graph import OnnxMissing, require_onnx
     from authz_server.risklab.training import (
         TrainingDataError,
         read_decision_logs,
@@ -71,6 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     if not 0 < args.fpr_budget < 0.5:
         return _fail(f"--fpr-budget: expected a share between 0 and 0.5, got {args.fpr_budget}")
     try:
+        require_onnx()
         labels = read_labels(args.labels) if args.labels else {}
         log = read_decision_logs(args.baseline)
         calls = usable(log, labels)
@@ -114,11 +115,15 @@ def _simulated_site(seed: int, days: float, scale: float) -> tuple[int, list[Any
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    from authz_server.risklab.graph import OnnxMissing
+    from authz_server.risklab.graph import OnnxMissing, require_onnx
     from authz_server.risklab.training import TrainingDataError, train_bundled, write_atomically
 
     if args.sites < 2 or args.days <= 0 or args.scale <= 0 or args.workers < 1:
         return _fail("--sites must be >= 2, --workers >= 1, --days and --scale > 0")
+    try:
+        require_onnx()
+    except OnnxMissing as exc:
+        return _fail(str(exc))
     seeds = range(1, args.sites + 1)
     with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as pool:
         simulated = list(pool.map(_simulated_site, seeds, [args.days] * len(seeds), [args.scale] * len(seeds)))

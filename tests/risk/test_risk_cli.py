@@ -171,6 +171,12 @@ def test_without_the_onnx_package_train_says_what_to_install(
         "(or pip install onnx)"
     )
     assert not (tmp_path / "m.onnx").exists()
+    # Said before any work: before the logs are read (this one does not exist), before sites are simulated.
+    code, _, stderr = _train(capsys, "--baseline", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "m.onnx"))
+    assert code == 1 and "needs the onnx package" in stderr and "cannot read" not in stderr
+    assert main(["model", "bundle", "--out", str(tmp_path / "b.onnx")]) == 1
+    assert "needs the onnx package" in capsys.readouterr().err
+    assert not (tmp_path / "b.onnx").exists()
 
 
 def test_info_prints_the_model_card(capsys: pytest.CaptureFixture[str]) -> None:
