@@ -132,6 +132,24 @@ def test_an_hour_the_edge_never_works_is_unusual_once_the_edge_has_hours() -> No
     assert feature(state, facts(console, t=o_clock(9) + 2400), "hour_unusual") > 2
 
 
+def test_calls_unusual_for_their_hour_do_not_teach_it() -> None:
+    """An intruder on the console at night: each call alarms on its hour alone, and the 25th reads as unusual as the
+    first (had they taught their hour, a handful would have made 02:00 a working hour)."""
+    state = BehaviourState(RiskConfig())
+    console = workload("ops/console", "10.9.0.4", lifetime=dt.timedelta(days=2))
+    for hour in range(8, 18):
+        for i in range(30):
+            learn(state, facts(console, f"/admin/users/{i}", t=o_clock(hour) + i * 120))
+    night = o_clock(26) + 600
+    first = feature(state, facts(console, t=night), "hour_unusual")
+    assert first > 1.5  # log2(2 x 12.5 calls an hour + 1) - 3
+    for i in range(25):
+        learn(state, facts(console, f"/admin/users/{i}", t=night + i * 60), learning_for(frozenset({"hour_unusual"})))
+    assert feature(state, facts(console, t=night + 1500), "hour_unusual") >= first - 0.1
+    # A call that alarmed only on a new route still teaches its (ordinary) hour.
+    assert learning_for(frozenset({"route_unusual"})) & Learning.HOUR
+
+
 def test_the_quiet_small_hours_of_a_diurnal_edge_are_not_unusual() -> None:
     """A diurnal edge runs at a quarter of its average before dawn, every night: those calls are its normal, and
     reading each of them as unusual put a whole hour of every such edge at the false-positive budget's edge."""
