@@ -70,9 +70,6 @@ class EdgeBaseline:
     with its edge's others, so a deploy's `/v2/` routes are not an enumeration."""
     ids_long: float = field(init=False, default=0.0)
     walk: int = field(init=False, default=0)
-    busiest_minute: float = field(init=False, default=0.0)
-    """The edge's busiest minute at any hour (derived): what a burst at an hour the edge never works is measured
-    against, so a single off-hours call is `hour_unusual`'s, not a "burst" against a busiest minute of 0."""
     methods: dict[str, MethodBaseline] = field(init=False, default_factory=dict)
     """Per method over all the edge's templates (derived): calls summed, the largest usual size. What a template
     new or young since training is judged on (`young`); its keys tell an edge that only ever read from one that
@@ -82,7 +79,6 @@ class EdgeBaseline:
     method mix are judged against the edge's, not against a few hours of their own."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "busiest_minute", max(self.minute_max, default=0.0))
         templates = self.templates.values()
         object.__setattr__(self, "ids_short", max((t.ids_short for t in templates), default=0.0))
         object.__setattr__(self, "ids_long", max((t.ids_long for t in templates), default=0.0))

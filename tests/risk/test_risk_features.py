@@ -4,6 +4,7 @@ parsed and verified by the server's own stages; the clock rule; the state's byte
 from __future__ import annotations
 
 import datetime as dt
+import math
 import tracemalloc
 
 import pytest
@@ -111,15 +112,54 @@ def test_a_write_on_an_edge_that_only_ever_read_stays_unusual_on_every_call() ->
     assert first > 6 and later < first - 2
 
 
+def o_clock(hours: int) -> float:
+    """`hours` after the first whole UTC hour after T0: hours of day are clock hours, whenever the tests run."""
+    return math.ceil(at(0) / 3600) * 3600 + hours * 3600.0
+
+
 def test_an_hour_the_edge_never_works_is_unusual_once_the_edge_has_hours() -> None:
     state = BehaviourState(RiskConfig())
     console = workload("ops/console", "10.9.0.4")
     assert feature(state, facts(console, t=at(1)), "hour_unusual") == 0.0  # too few calls to know its hours
-    for hour in range(1, 9):  # a console used for eight hours in a row
-        for i in range(20):
-            learn(state, facts(console, f"/admin/users/{i}", t=at(hour) + i * 60))
-    assert feature(state, facts(console, t=at(5) + 1500), "hour_unusual") < 0.5
-    assert feature(state, facts(console, t=at(20)), "hour_unusual") > 3.5  # eleven hours after its last one
+    for hour in range(1, 9):  # a console used for eight hours in a row, a call a minute
+        for i in range(60):
+            learn(state, facts(console, f"/admin/users/{i}", t=o_clock(hour) + i * 60))
+    assert feature(state, facts(console, t=o_clock(5) + 1500), "hour_unusual") < 0.5
+    # log2(2 x 20 calls an hour + 1) = 5.4 bits, less the 3 bits a quiet hour has
+    assert feature(state, facts(console, t=o_clock(20)), "hour_unusual") > 2  # eleven hours after its last one
+    # 09:10 is beside the console's last working hour; 09:40 is nearer to 10:00, an hour it never works.
+    assert feature(state, facts(console, t=o_clock(9) + 600), "hour_unusual") == 0.0
+    assert feature(state, facts(console, t=o_clock(9) + 2400), "hour_unusual") > 2
+
+
+def test_calls_unusual_for_their_hour_do_not_teach_it() -> None:
+    """An intruder on the console at night: each call alarms on its hour alone, and the 25th reads as unusual as the
+    first (had they taught their hour, a handful would have made 02:00 a working hour)."""
+    state = BehaviourState(RiskConfig())
+    console = workload("ops/console", "10.9.0.4", lifetime=dt.timedelta(days=2))
+    for hour in range(8, 18):
+        for i in range(30):
+            learn(state, facts(console, f"/admin/users/{i}", t=o_clock(hour) + i * 120))
+    night = o_clock(26) + 600
+    first = feature(state, facts(console, t=night), "hour_unusual")
+    assert first > 1.5  # log2(2 x 12.5 calls an hour + 1) - 3
+    for i in range(25):
+        learn(state, facts(console, f"/admin/users/{i}", t=night + i * 60), learning_for(frozenset({"hour_unusual"})))
+    assert feature(state, facts(console, t=night + 1500), "hour_unusual") >= first - 0.1
+    # A call that alarmed only on a new route still teaches its (ordinary) hour.
+    assert learning_for(frozenset({"route_unusual"})) & Learning.HOUR
+
+
+def test_the_quiet_small_hours_of_a_diurnal_edge_are_not_unusual() -> None:
+    """A diurnal edge runs at a quarter of its average before dawn, every night: those calls are its normal, and
+    reading each of them as unusual put a whole hour of every such edge at the false-positive budget's edge."""
+    state = BehaviourState(RiskConfig())
+    web = workload("shop/web", "10.1.2.12", lifetime=dt.timedelta(days=3))
+    for hour in range(24):
+        per_hour = 10 if 2 <= hour < 6 else 40
+        for i in range(per_hour):
+            learn(state, facts(web, f"/products/{i}", t=o_clock(hour) + i * 3600 / per_hour))
+    assert feature(state, facts(web, "/products/1", t=o_clock(27) + 600), "hour_unusual") == 0.0
 
 
 def test_a_burst_is_measured_against_the_edges_busiest_minute() -> None:
@@ -364,12 +404,32 @@ def test_a_new_nodes_subnet_is_learned_when_nothing_else_alarmed_and_a_copied_ce
 
 def test_one_call_at_an_hour_the_edge_never_works_is_unusual_for_its_hour_not_a_burst() -> None:
     console = workload("ops/console", "10.9.0.4")
-    history = [facts(console, f"/admin/users/{i}", t=at(h) + i * 30) for h in range(1, 9) for i in range(20)]
+    history = [facts(console, f"/admin/users/{i}", t=at(h) + i * 60) for h in range(1, 9) for i in range(60)]
     baseline = build_baseline(history)
     late = facts(console, "/admin/users/3", t=at(20))
     state = BehaviourState(RiskConfig())
-    assert feature(state, late, "rate_burst", baseline) == 0.0  # one call: the edge's busiest minute was 3
-    assert feature(state, late, "hour_unusual", baseline) > 3
+    assert feature(state, late, "rate_burst", baseline) == 0.0  # one call: the edge's busiest minute was 1-2
+    assert feature(state, late, "hour_unusual", baseline) > 2  # log2(2 x 20 calls an hour + 1) - 3
+
+
+def test_a_night_jobs_pace_at_an_hour_it_never_works_is_a_burst_and_one_call_is_not() -> None:
+    """An export reads an id a second from 03:00 to 04:00 every night. At that pace at noon, data leaves at an hour
+    the edge never reads (against 4x its average minute over the day); one call at noon is only an unusual hour."""
+    exporter = workload("analytics/exporter", "10.1.4.4", lifetime=dt.timedelta(days=4))
+    history = [facts(exporter, f"/shipments/{(i * 7919) % 100_000}", t=o_clock(24 * day + 3) + i)
+               for day in (0, 1) for i in range(3600)]  # fmt: skip
+    baseline = build_baseline(history)
+    state = BehaviourState(RiskConfig())
+    night = o_clock(51)
+    for i in range(60):
+        learn(state, facts(exporter, f"/shipments/{i * 13}", t=night + i), Learning.NOTHING)
+    assert feature(state, facts(exporter, "/shipments/7", t=night + 60), "rate_burst", baseline) == 0.0
+    noon = o_clock(60)
+    assert feature(state, facts(exporter, "/shipments/7", t=noon), "rate_burst", baseline) == 0.0
+    for i in range(60):
+        learn(state, facts(exporter, f"/shipments/{50_000 + i * 13}", t=noon + i), Learning.NOTHING)
+    assert feature(state, facts(exporter, "/shipments/7", t=noon + 60), "rate_burst", baseline) > 1.5
+    # 61 calls against 4 x (7,200 calls / 24 h) / 60 min / 1.04 days (the log's span) = 19 a minute: 1.6 bits
 
 
 def test_a_template_young_in_the_training_log_is_judged_on_its_edges_norms_not_on_its_first_quiet_hours() -> None:
