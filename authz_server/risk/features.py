@@ -679,7 +679,7 @@ class BehaviourState:
             if facts.certificate:
                 self._seen_from(facts)
 
-            if not learning & Learning.NOVELTY:
+            if learning is Learning.NOTHING:  # `not learning & NOVELTY` builds an enum member: 1.4 µs a call
                 return
             edge.learned += 1
             edge.rate = _decayed(edge.rate, edge.rate_at, ts) + 1.0
