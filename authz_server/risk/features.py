@@ -253,9 +253,20 @@ def learning_for(alarmed: frozenset[str]) -> Learning:
     return Learning.NOVELTY if alarmed <= NOVELTY else Learning.NOTHING
 
 
+_IPV4 = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
+"""A dotted quad as `ipaddress` accepts it: four decimal octets without leading zeros."""
+
+
 @lru_cache(maxsize=4096)
 def subnets(address: str) -> tuple[str, str]:
     """(/24, /16) for IPv4, (/64, /48) for IPv6; ('', '') when the address is not an IP."""
+    quad = _IPV4.fullmatch(address)
+    if quad is not None and max(map(int, quad.groups())) <= 255:
+        # What ipaddress gives (300,000 drawn strings compared), at a fifteenth of its cost (2.8 µs against 43 on
+        # a busy 2-core box): a source address the cache does not hold (a new pod, or more pods than it keeps)
+        # would otherwise cost its call that much.
+        a, b, c, _ = quad.groups()
+        return f"{a}.{b}.{c}.0/24", f"{a}.{b}.0.0/16"
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
