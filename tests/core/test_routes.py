@@ -43,3 +43,17 @@ def test_a_hostile_path_gives_a_bounded_template() -> None:
     template, _ = fold(deep)
     assert template.count("/") == MAX_SEGMENTS + 1 and template.endswith("/{more}")
     assert len(template) < 4096
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        # A number in Arabic-Indic digits is an id, a word of non-ASCII letters is not.
+        ("/\u00fcr\u00fcn/\u0661\u0662\u0663", "/\u00fcr\u00fcn/{id}"),
+        ("/area/m²", "/area/m²"),  # a superscript is a digit but no number: the word stays
+        ("/orders/0042", "/orders/{id}"),
+        ("/a-b_c/x.y", "/a-b_c/x.y"),
+    ],
+)
+def test_digits_and_letters_of_any_script_fold_alike(path: str, template: str) -> None:
+    assert route_template(path) == template
