@@ -67,6 +67,7 @@ def test_the_alerts_the_issue_asks_for_are_there() -> None:
     wanted = {
         "AuthzExtAuthzErrors": "envoy_http_ext_authz_error",
         "AuthzExtAuthzTimeouts": "envoy_cluster_upstream_rq_timeout",
+        "AuthzChecksRefusedBySidecars": "envoy_cluster_upstream_rq_active_overflow",
         "AuthzDenyRateHigh": "by (reason)",
         "AuthzReloadFailing": 'result="failure"',
         "AuthzTrustBundleExpiring": "authz_identity_bundle_expiry_timestamp_seconds",
@@ -74,6 +75,28 @@ def test_the_alerts_the_issue_asks_for_are_there() -> None:
     }
     for alert, needle in wanted.items():
         assert needle in expressions[alert], alert
+
+
+def test_istio_sidecars_export_every_cluster_statistic_the_rules_and_the_dashboard_read() -> None:
+    # Istio's sidecars export a cluster statistic only when meshConfig's proxyStatsMatcher includes it (Envoy matches
+    # the whole name): a rule on one left out could never fire. Istio names the server's cluster after the provider.
+    mesh = yaml.safe_load((MANIFESTS / "overlays/istio/istiod-values.yaml").read_text())["meshConfig"]
+    (provider,) = mesh["extensionProviders"]
+    grpc = provider["envoyExtAuthzGrpc"]
+    cluster = f"outbound|{grpc['port']}||{grpc['service']}"
+    regexps = mesh["defaultConfig"]["proxyStatsMatcher"]["inclusionRegexps"]
+    read = {name for query in _queries() for name in metric_names(query) if name.startswith("envoy_cluster_")}
+    assert {"envoy_cluster_upstream_rq_active_overflow", "envoy_cluster_upstream_rq_pending_overflow"} <= read
+    missing = [
+        name
+        for name in sorted(read)
+        if not any(re.fullmatch(r, f"cluster.{cluster}.{name.removeprefix('envoy_cluster_')}") for r in regexps)
+    ]
+    assert not missing
+    # The server's cluster only: another upstream's statistics stay out of every sidecar's scrape.
+    assert not any(
+        re.fullmatch(r, "cluster.outbound|8080||ledger.billing.svc.cluster.local.upstream_rq_timeout") for r in regexps
+    )
 
 
 def _queries() -> list[str]:
