@@ -16,8 +16,6 @@ from typing import Any, Literal
 
 import yaml
 
-from authz_server.transport.config import AdmissionConfig
-
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 _TYPES = "type.googleapis.com/envoy.extensions"
 EXT_AUTHZ_CLUSTER = "ext_authz"
@@ -66,9 +64,6 @@ class SpireSds:
     """SPIRE's SDS name for the trust bundle: ROOTCA, or ALL for the federated bundles too."""
 
 
-_SERVER_ADMITS = AdmissionConfig.max_in_flight + AdmissionConfig.max_queued
-
-
 @dataclass(frozen=True)
 class SidecarSpec:
     listener: Endpoint
@@ -81,13 +76,11 @@ class SidecarSpec:
     authz_max_concurrent_streams: int = 0
     """Cap per HTTP/2 connection to the server; > 0 makes Envoy open more connections, which
     SO_REUSEPORT spreads over the server's worker processes."""
-    authz_max_requests: int = _SERVER_ADMITS
+    authz_max_requests: int = 16
     """Checks this Envoy keeps outstanding at the server (circuit breaker `max_requests` on the ext_authz cluster).
     Past it Envoy fails a new Check at once, in C++, and answers `status_on_error` (503): the server never sees
-    the excess, so it spends no CPU refusing it, and a decided call waits behind at most this many others. The
-    default is what one server process admits at its default bounds (admission max_in_flight + max_queued, 32):
-    Envoy refuses only Checks that server would have refused too, never one it would have decided."""
-    authz_max_pending_requests: int = _SERVER_ADMITS
+    the excess, so it spends no CPU refusing it, and a decided call waits behind at most this many others."""
+    authz_max_pending_requests: int = 16
     """Checks waiting in this Envoy for a connection or a free stream to the server (circuit breaker
     `max_pending_requests`): the server's SETTINGS_MAX_CONCURRENT_STREAMS on a busy connection, or the
     connection being opened. Past it Envoy answers `status_on_error` at once."""

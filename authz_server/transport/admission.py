@@ -5,12 +5,11 @@ CPU on calls whose caller has already given up (Envoy turns a late answer into
 `status_on_error`), and every call ends up late. Three bounds keep it deciding
 fresh calls instead. The cheapest refusal is the one the server never sees, so the first bound is not here:
 
-0. Envoy's circuit breakers on the ext_authz cluster (`max_requests`, `max_pending_requests`: 32 each in every
+0. Envoy's circuit breakers on the ext_authz cluster (`max_requests`, `max_pending_requests`: 16 each in every
    configuration this project renders, envoy/bootstrap.py and the Istio DestinationRule). Past them a sidecar
    fails the Check at once, in C++, and answers `status_on_error` (Envoy counts
    `upstream_rq_active_overflow` / `upstream_rq_pending_overflow`); the server spends nothing on the excess
-   and a decided call waits behind at most 32 others from that sidecar, what one process admits at the
-   bounds below (8 + 24), so Envoy refuses nothing the server would have decided (Envoy's connection pool:
+   and a decided call waits behind at most 16 others from that sidecar (Envoy's connection pool:
    source/common/conn_pool/conn_pool_base.cc, newStreamImpl and attachStreamToClient). Measured
    (benchmarks/RESULTS.md, "Overload"): with one client holding at most 16 calls outstanding, as such a
    sidecar does, the h2 transport refused nothing and decided 91-153% of its capacity in time at 1.2-2x;
