@@ -79,7 +79,10 @@ class SidecarSpec:
     authz_max_requests: int = 16
     """Checks this Envoy keeps outstanding at the server (circuit breaker `max_requests` on the ext_authz cluster).
     Past it Envoy fails a new Check at once, in C++, and answers `status_on_error` (503): the server never sees
-    the excess, so it spends no CPU refusing it, and a decided call waits behind at most this many others."""
+    the excess, so it spends no CPU refusing it, and a decided call waits behind at most this many others. 16 is
+    half of what one server process admits at its default bounds (8 deciding + 24 queued): at 32 one sidecar alone
+    fills them, the server refuses calls itself, at a CPU cost, and aio decided 74-82% of its capacity in time at
+    1.2-2x offered load where at 16 it decided 87-96% (benchmarks/RESULTS.md, "Overload", quiet machine)."""
     authz_max_pending_requests: int = 16
     """Checks waiting in this Envoy for a connection or a free stream to the server (circuit breaker
     `max_pending_requests`): the server's SETTINGS_MAX_CONCURRENT_STREAMS on a busy connection, or the

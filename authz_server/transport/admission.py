@@ -12,8 +12,10 @@ fresh calls instead. The cheapest refusal is the one the server never sees, so t
    and a decided call waits behind at most 16 others from that sidecar (Envoy's connection pool:
    source/common/conn_pool/conn_pool_base.cc, newStreamImpl and attachStreamToClient). Measured
    (benchmarks/RESULTS.md, "Overload"): with one client holding at most 16 calls outstanding, as such a
-   sidecar does, the h2 transport refused nothing and decided 91-153% of its capacity in time at 1.2-2x;
-   with 1,024 outstanding (Envoy's old limits) it decided 24% at 2x. `max_streams_per_connection` is advertised in
+   sidecar does, aio decided 87-96% of its capacity in time at 1.2-2x and h2 72-88% (quiet machine); with
+   1,024 outstanding (Envoy's old limits) h2 decided 24% at 2x (shared machine). 16 is half of what one
+   process admits below (8 + 24): at 32 one sidecar alone fills those bounds and aio decided 74-82%.
+   `max_streams_per_connection` is advertised in
    SETTINGS_MAX_CONCURRENT_STREAMS too, but Envoy answers it by opening another connection, so it bounds
    nothing there. The bounds below are for what still arrives: many sidecars sharing one server, or a
    client without breakers.
