@@ -76,14 +76,15 @@ class SidecarSpec:
     authz_max_concurrent_streams: int = 0
     """Cap per HTTP/2 connection to the server; > 0 makes Envoy open more connections, which
     SO_REUSEPORT spreads over the server's worker processes."""
-    authz_max_requests: int = 16
+    authz_max_requests: int = 512
     """Checks this Envoy keeps outstanding at the server (circuit breaker `max_requests` on the ext_authz cluster).
     Past it Envoy fails a new Check at once, in C++, and answers `status_on_error` (503): the server never sees
-    the excess, so it spends no CPU refusing it, and a decided call waits behind at most this many others. 16 is
-    half of what one server process admits at its default bounds (8 deciding + 24 queued): at 32 one sidecar alone
-    fills them, the server refuses calls itself, at a CPU cost, and aio decided 74-82% of its capacity in time at
-    1.2-2x offered load where at 16 it decided 87-96% (benchmarks/RESULTS.md, "Overload", quiet machine)."""
-    authz_max_pending_requests: int = 16
+    the excess and spends no CPU refusing it. 512 is about what one server process decides within the rendered
+    250 ms timeout (~2,000 checks/s x 0.25 s): a Check past it would come back too late anyway. It is a safety
+    valve, not the overload control (the server's admission is): at 16, which cut the server's refusals under
+    overload, a sidecar serving 64 concurrent requests had 70-80% of them refused even in front of OPA-Envoy
+    (benchmarks/RESULTS.md, "Overload", quiet machine)."""
+    authz_max_pending_requests: int = 512
     """Checks waiting in this Envoy for a connection or a free stream to the server (circuit breaker
     `max_pending_requests`): the server's SETTINGS_MAX_CONCURRENT_STREAMS on a busy connection, or the
     connection being opened. Past it Envoy answers `status_on_error` at once."""

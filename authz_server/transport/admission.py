@@ -5,20 +5,18 @@ CPU on calls whose caller has already given up (Envoy turns a late answer into
 `status_on_error`), and every call ends up late. Three bounds keep it deciding
 fresh calls instead. The cheapest refusal is the one the server never sees, so the first bound is not here:
 
-0. Envoy's circuit breakers on the ext_authz cluster (`max_requests`, `max_pending_requests`: 16 each in every
+0. Envoy's circuit breakers on the ext_authz cluster (`max_requests`, `max_pending_requests`: 512 each in every
    configuration this project renders, envoy/bootstrap.py and the Istio DestinationRule). Past them a sidecar
    fails the Check at once, in C++, and answers `status_on_error` (Envoy counts
    `upstream_rq_active_overflow` / `upstream_rq_pending_overflow`); the server spends nothing on the excess
-   and a decided call waits behind at most 16 others from that sidecar (Envoy's connection pool:
-   source/common/conn_pool/conn_pool_base.cc, newStreamImpl and attachStreamToClient). Measured
-   (benchmarks/RESULTS.md, "Overload"): with one client holding at most 16 calls outstanding, as such a
-   sidecar does, aio decided 87-96% of its capacity in time at 1.2-2x and h2 72-88% (quiet machine); with
-   1,024 outstanding (Envoy's old limits) h2 decided 24% at 2x (shared machine). 16 is half of what one
-   process admits below (8 + 24): at 32 one sidecar alone fills those bounds and aio decided 74-82%.
-   `max_streams_per_connection` is advertised in
-   SETTINGS_MAX_CONCURRENT_STREAMS too, but Envoy answers it by opening another connection, so it bounds
-   nothing there. The bounds below are for what still arrives: many sidecars sharing one server, or a
-   client without breakers.
+   (Envoy's connection pool: source/common/conn_pool/conn_pool_base.cc, newStreamImpl and
+   attachStreamToClient). 512 is about what one process decides within Envoy's 250 ms timeout, so this is a
+   safety valve, not the overload control. Tighter breakers were measured (benchmarks/RESULTS.md, "Overload"):
+   at 16 outstanding per sidecar the h2 transport kept deciding 72-88% of its capacity in time at 1.2-2x where
+   with 1,024 it decided 24% at 2x, but a sidecar serving 64 concurrent requests then had 70-80% of them
+   refused, in front of OPA-Envoy too: a limit that low refuses ordinary concurrency, not only overload.
+   `max_streams_per_connection` is advertised in SETTINGS_MAX_CONCURRENT_STREAMS too, but Envoy answers it by
+   opening another connection, so it bounds nothing there. The bounds below answer overload.
 1. `max_queued`: calls that may wait inside gRPC's C core for the Python
    server to take them. Past it the core resets the new call's stream at
    once (the client sees CANCELLED), before any Python runs: the cheapest

@@ -191,7 +191,9 @@ async def health_beside_a_burst(port: int, request: bytes, count: int, checks: i
     return outcomes, answers
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+# Not aio: grpc.aio's limiter (maximum_concurrent_rpcs = max_in_flight) counts every RPC, health checks included,
+# so there a probe that arrives while max_in_flight Checks are held is refused (README, "Under overload").
+@pytest.mark.parametrize("transport", ["sync", "h2"])
 def test_health_checks_on_the_serving_port_are_answered_while_checks_are_refused(
     workspace: Workspace, tmp_path: Path, transport: str
 ) -> None:
