@@ -62,10 +62,10 @@ class Config:
     overload because calls past its bounds are refused in gRPC's C core. h2: gRPC on asyncio (uvloop) with the
     pure-Python h2 library, one thread: about 40% less CPU per check than grpc.aio on the always-allow floor and
     25% less with every stage on, through Envoy (benchmarks/RESULTS.md, "The h2 transport"), but every refusal
-    costs Python, so offered more than it can decide it decided only 36-90% of its capacity in time and refused
-    health probes (benchmarks/RESULTS.md, "Overload"): choose it where load stays below capacity, as in the
-    sidecar layout. sync: grpcio's thread-pool server, twice aio's server-side latency (handler threads contend
-    for the GIL around the ONNX model, benchmarks/RESULTS.md, "sync or aio")."""
+    costs Python, so offered more than it can decide it decided only 36-90% of its capacity in time
+    (benchmarks/RESULTS.md, "Overload"; its health probes are answered whatever the load): choose it where load
+    stays below capacity, as in the sidecar layout. sync: grpcio's thread-pool server, twice aio's server-side
+    latency (handler threads contend for the GIL around the ONNX model, benchmarks/RESULTS.md, "sync or aio")."""
     workers: int = 0
     """Server processes sharing the port through SO_REUSEPORT; 0 means one per CPU."""
     threads: int = 4
