@@ -315,13 +315,7 @@ class Subject:
         for call in during:
             outcomes[call.outcome] = outcomes.get(call.outcome, 0) + 1
         row = {
-            "factor": factor,
-            "unloaded_p99_ms": round(unloaded, 2),
-            "best_unloaded_p99_ms": round(self.best_unloaded_p99_ms, 2),
-            "capacity_per_s": round(cap),
-            "offered_per_s": round(cap * factor),
-            "decided_in_time_per_s": round(in_time / elapsed),
-            "share_of_capacity": round(in_time / elapsed / cap, 3),
+            **_level_rates(factor, unloaded, self.best_unloaded_p99_ms, cap, in_time, elapsed),
             # The same share per CPU-second the server got: robust to neighbours taking its core.
             "share_per_cpu": round(in_time / max(cpu, 1e-9) / per_cpu, 3),
             "server_cpu_share": round(cpu / elapsed, 2),
@@ -412,13 +406,7 @@ class EnvoySubject(Subject):
         bound_s = P99_TARGET_RATIO * self.best_unloaded_p99_ms / 1000
         calls = [ProbeCall(r.started_s, r.latency_s, "decided" if r.status == 200 else str(r.status)) for r in probe]
         row = {
-            "factor": factor,
-            "unloaded_p99_ms": round(unloaded, 2),
-            "best_unloaded_p99_ms": round(self.best_unloaded_p99_ms, 2),
-            "capacity_per_s": round(cap),
-            "offered_per_s": round(cap * factor),
-            "decided_in_time_per_s": round(in_time / elapsed),
-            "share_of_capacity": round(in_time / elapsed / cap, 3),
+            **_level_rates(factor, unloaded, self.best_unloaded_p99_ms, cap, in_time, elapsed),
             "share_per_cpu": float("nan"),
             "server_cpu_share": round(cpu / elapsed, 2),
             "late": int(after["late"] - before["late"]),
@@ -434,6 +422,21 @@ class EnvoySubject(Subject):
         }
         self.levels.append(row)
         return row
+
+
+def _level_rates(
+    factor: float, unloaded_ms: float, best_unloaded_ms: float, capacity: float, in_time: float, elapsed: float
+) -> dict[str, Any]:
+    """The columns every load level reports, whoever sent the load: what was offered and what was decided in time."""
+    return {
+        "factor": factor,
+        "unloaded_p99_ms": round(unloaded_ms, 2),
+        "best_unloaded_p99_ms": round(best_unloaded_ms, 2),
+        "capacity_per_s": round(capacity),
+        "offered_per_s": round(capacity * factor),
+        "decided_in_time_per_s": round(in_time / elapsed),
+        "share_of_capacity": round(in_time / elapsed / capacity, 3),
+    }
 
 
 def _p99_ok_ms(rows: Sequence[Answered]) -> float:
