@@ -24,9 +24,10 @@ pod network behind a NetworkPolicy, or a Unix socket.
 
 The same admission as the grpc transports (admission.py), reading "in flight"
 as "its HEADERS arrived, its answer is not yet written": past
-`max_in_flight + max_queued` such calls (any method but grpc.health.v1, which kubelet's probes send on this
-port and which must be answered under overload, not refused beside the Checks: answered inline, they cost
-little; a reflection stream counts until it ends, as grpc.aio counts it) a new one is refused with
+`max_in_flight + max_queued` such calls (any method but grpc.health.v1's Check, which kubelet's probes send on
+this port and which must be answered under overload, not refused beside the Checks: answered inline, it costs
+little and holds nothing; a Watch or reflection stream counts until it ends, as grpc.aio counts it, so streams a
+client keeps open stay bounded) a new one is refused with
 RESOURCE_EXHAUSTED before its body is read (here nothing waits in a C core, so
 the two bounds add up to one; calls not yet read wait in the socket, where
 their deadline bounds them: counting every call of one read against the bound
@@ -100,7 +101,6 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 HEALTH_CHECK_PATH = f"/{HEALTH_SERVICE}/Check".encode()
 HEALTH_WATCH_PATH = f"/{HEALTH_SERVICE}/Watch".encode()
 _PATHS = (CHECK_PATH, HEALTH_CHECK_PATH, HEALTH_WATCH_PATH, REFLECTION_PATH)
-_HEALTH_PATHS = (HEALTH_CHECK_PATH, HEALTH_WATCH_PATH)
 
 MAX_HEADER_LIST_BYTES = 16 * 1024
 """Decoded header block of one request (grpc-core's default cap is 8 KiB); an XFCC with a chain is a few KiB."""
@@ -448,7 +448,7 @@ class _Connection(asyncio.Protocol):
         if path not in _PATHS:
             self._refuse(stream_id, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}")
             return
-        if self.server.open_calls >= self.server.max_open and path not in _HEALTH_PATHS:
+        if self.server.open_calls >= self.server.max_open and path != HEALTH_CHECK_PATH:
             self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
             return
         seconds = parse_grpc_timeout(timeout) if timeout else None
