@@ -71,21 +71,40 @@ scores still annotate under the default ceiling (`risk.default_max_risk`, when l
 deny edge); a rule's own `maxRisk`, a lower default ceiling and a model trained on the site enforce them."""
 
 
-_RATE, _IDS, _WALK = (FEATURE_NAMES.index(name) for name in ("rate_burst", "ids_short", "id_walk"))
+_METHOD, _HOUR, _RATE, _IDS, _IDS_LONG, _WALK, _SOURCE, _COPY, _AGE = (
+    FEATURE_NAMES.index(name)
+    for name in (
+        "method_unusual", "hour_unusual", "rate_burst", "ids_short", "ids_long", "id_walk", "source_new",
+        "serial_multi_source", "svid_age",
+    )
+)  # fmt: skip
 _EXPLAINED_BITS = 0.5
 """Distinct ids that rose at most this many bits more than the calls did (both log2 over the edge's own norm with
 the same peak headroom) rose because of the calls: a burst of the edge's own mix on a large id space reads a new id
 on nearly every call. Half a bit: `ids_short` counts over one to two minutes, `rate_burst` over one."""
 
 
-def _volume_first(top: int, surprise: list[float], row: list[float], alarm: float) -> int:
-    """Which of the volume features to name first when several alarmed: a sequential walk explains both the calls
-    and the distinct ids (enumeration at any pace); distinct ids that rose no more than the calls are the calls'
-    (a burst); otherwise the most surprising feature stands."""
-    if top not in (_RATE, _IDS):
+def _explaining_first(top: int, surprise: list[float], row: list[float], alarm: float) -> int:
+    """Which alarmed feature to name first when one movement shows in several features: the one that explains the
+    others. A sequential walk explains both the calls and the distinct ids (enumeration at any pace); distinct ids
+    that rose no more than the calls are the calls' (a burst). A certificate older than its identity's usually are,
+    presented from a new place or as a copy, aged because it is a copy (a copy is never rotated: a stolen
+    predecessor SVID is late in its life), so the address is named. Distinct ids over the last hours that rose in
+    calls with a method or at an hour the edge does not use are those calls' ids (a dozen writes, or a night session,
+    on a quiet edge are many ids for its slow window), so the method or the hour is named. Otherwise the most
+    surprising feature stands."""
+    if top == _AGE:
+        for address in (_COPY, _SOURCE):
+            if surprise[address] >= alarm:
+                return address
+        return top
+    if top not in (_RATE, _IDS, _IDS_LONG):
         return top
     if surprise[_WALK] >= alarm:
         return _WALK
+    if top == _IDS_LONG:
+        novel = _METHOD if surprise[_METHOD] >= surprise[_HOUR] else _HOUR
+        return novel if surprise[novel] >= alarm else top
     if top == _IDS and surprise[_RATE] >= alarm and row[_IDS] <= row[_RATE] + _EXPLAINED_BITS:
         return _RATE
     return top
@@ -169,11 +188,11 @@ class RiskScorer:
 
     def _factors(self, surprise: list[float], row: list[float]) -> tuple[RiskFactor, ...]:
         """The most surprising features, largest first: what moved the score (a feature at 0 moved nothing); among
-        the volume features, the one that explains the others first (`_volume_first`)."""
+        features that show one movement, the one that explains the others first (`_explaining_first`)."""
         if not self._top:
             return ()
         order = sorted(range(len(surprise)), key=surprise.__getitem__, reverse=True)
-        first = _volume_first(order[0], surprise, row, self.model.alarm_surprise)
+        first = _explaining_first(order[0], surprise, row, self.model.alarm_surprise)
         if first != order[0]:
             order.remove(first)
             order.insert(0, first)

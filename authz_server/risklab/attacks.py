@@ -24,7 +24,7 @@ import bisect
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from authz_server.risklab.simulator import DAY, Event, SvidRef, format_id, habit_level
 from authz_server.risklab.sites import OFFICE, Edge, Route, SiteSpec, Workload
@@ -52,7 +52,9 @@ ACCEPTED_FACTORS: dict[str, frozenset[str]] = {
     "new-edge": frozenset({"edge_novelty"}),
     "rate-burst": frozenset({"rate_burst"}),
 }
-"""The top factor that counts as naming the attack right: the features that measure what the attack does."""
+"""The top factor that counts as naming the attack right: the features that measure what the attack does. An
+episode that also does what another kind does (bulk reads paging through ids in order walk them) adds that
+kind's features (`Episode.accepted`)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Episode:
     end: float
     calls: int
     detail: str
+    accepted: tuple[str, ...]
+    """The top factors that name this episode right."""
 
 
 class Pods:
@@ -109,6 +113,8 @@ class _Context:
     pods: Pods
     rng: random.Random
     day_start: float
+    also_measured: dict[int, frozenset[str]] = field(default_factory=dict)
+    """Per episode, features beyond its kind's that measure what it does."""
 
     def local_hour(self, t: float) -> float:
         return ((t + self.site.tz_offset_h * 3600) % DAY) / 3600
@@ -180,6 +186,8 @@ def _bulk_get(ctx: _Context, ep: int, t0: float) -> list[Event] | None:
     duration = rng.uniform(180, 900)
     space = max(route.ids, 20_000)
     sequential_pages = rng.random() < 0.3
+    if sequential_pages:  # consecutive ids: an id walk as much as a volume
+        ctx.also_measured[ep] = ACCEPTED_FACTORS["fast-enumeration"]
     start = rng.randrange(space)
     events, t, n = [], t0, 0
     while t < t0 + duration:
@@ -361,9 +369,10 @@ def plan_attacks(
             made = [e for e in _GENERATORS[kind](ctx, len(episodes), t0) or () if e.ts < day_start + DAY]
             if not made:
                 continue
-            first = made[0]
-            episodes.append(Episode(len(episodes), kind, first.caller, first.callee, first.ts, made[-1].ts,
-                                    len(made), f"{first.method} {first.path}"))  # fmt: skip
+            first, ep = made[0], len(episodes)
+            accepted = tuple(sorted(ACCEPTED_FACTORS[kind] | ctx.also_measured.get(ep, frozenset())))
+            episodes.append(Episode(ep, kind, first.caller, first.callee, first.ts, made[-1].ts, len(made),
+                                    f"{first.method} {first.path}", accepted))  # fmt: skip
             events += made
     events.sort(key=lambda e: e.ts)
     return episodes, events

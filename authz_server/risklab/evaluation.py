@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from authz_server.risklab.attacks import ACCEPTED_FACTORS, KINDS, Episode, plan_attacks
+from authz_server.risklab.attacks import KINDS, Episode, plan_attacks
 from authz_server.risklab.requests import CertificateCache, LabServer, Verdict, lab_ca, read_verdicts
 from authz_server.risklab.simulator import BENIGN, DAY, Event, Timeline
 from authz_server.risklab.sites import DIURNAL, SiteSpec
@@ -203,7 +203,7 @@ def _replay(
             server.replay(lead, prefix="lead")
         server.replay(run.events, prefix=run.prefix)
         stage = server.authorizer.runtime.risk
-        version = str(getattr(stage, "model_version", "?"))
+        version = stage.version if stage is not None else "-"
     if not run.read:
         return {}, version
     verdicts = {rid: v for rid, v in read_verdicts(server.decision_log) if rid.startswith(run.prefix + "-")}
@@ -262,6 +262,7 @@ def _model_result(
     for i, event in enumerate(attacked, 1):
         if event.label != BENIGN:
             by_kind[event.label].append((event, attacked_verdicts[f"attack-{i}"]))
+    accepted = {e.id: e.accepted for e in episodes}
     kinds = []
     for kind in KINDS:
         attack = by_kind.get(kind, [])
@@ -272,7 +273,7 @@ def _model_result(
         kinds.append(KindResult(
             kind, len(kind_episodes), len(caught), len(attack), len(alarmed), sum(v.risk_denied for _, v in attack),
             sum(_alarmed(v, threshold) for _, v in attack),
-            sum(v.top_factor in ACCEPTED_FACTORS[kind] for _, v in alarmed),
+            sum(v.top_factor in accepted[e.episode] for e, v in alarmed),
             sum(v.verdict == "deny" and not v.risk_denied for _, v in attack), dict(factors.most_common()),
         ))  # fmt: skip
     return ModelResult(

@@ -151,6 +151,57 @@ def test_among_volume_features_the_one_that_explains_the_others_is_named_first(s
     assert named(ids_short=6.0) == "ids_short"
 
 
+def test_an_old_certificate_from_a_new_place_is_named_by_its_address(site_model: AnomalyModel) -> None:
+    """A stolen predecessor SVID is late in its life because a copy is never rotated: when the address is new or
+    the certificate is also seen elsewhere, the address is named first even where the age is more surprising; an
+    old certificate from the caller's own subnets is named by its age."""
+    stage = scorer(site_model)
+    t = steady(stage)
+    call, caller = parsed(FRONTEND, "/products/7", at=t)
+    quiet = stage.state.features(facts_from_call(call, caller, call.path, t), site_model.baseline)
+    age, source = FEATURE_NAMES.index("svid_age"), FEATURE_NAMES.index("source_new")
+
+    def named(**values: float) -> str:
+        row = list(quiet)
+        for name, value in values.items():
+            row[FEATURE_NAMES.index(name)] = value
+        _, surprise = site_model.score(row)
+        assert surprise[age] >= site_model.alarm_surprise
+        if "source_new" in values:
+            assert surprise[age] > surprise[source]  # the age alone would be named
+        return stage._factors(surprise, row)[0].name
+
+    assert named(svid_age=1.9, source_new=2.0) == "source_new"  # from outside the site's networks
+    assert named(svid_age=1.9, serial_multi_source=1.0, source_new=2.0) == "serial_multi_source"  # and a copy
+    assert named(svid_age=1.9) == "svid_age"
+
+
+def test_ids_over_hours_in_calls_of_a_new_method_or_hour_are_named_by_the_method_or_hour(
+    site_model: AnomalyModel,
+) -> None:
+    """A dozen DELETEs, or a night session, on a quiet edge are many distinct ids for its 1-2 hour window: the
+    method or the hour is named, not `ids_long`; a walk still explains ids at any hour, and ids over hours that rose
+    in ordinary calls are named themselves."""
+    stage = scorer(site_model)
+    t = steady(stage)
+    call, caller = parsed(FRONTEND, "/products/7", at=t)
+    quiet = stage.state.features(facts_from_call(call, caller, call.path, t), site_model.baseline)
+    ids_long = FEATURE_NAMES.index("ids_long")
+
+    def named(**values: float) -> str:
+        row = list(quiet)
+        for name, value in values.items():
+            row[FEATURE_NAMES.index(name)] = value
+        _, surprise = site_model.score(row)
+        assert max(surprise) == surprise[ids_long] >= site_model.alarm_surprise  # the ids alone would be named
+        return stage._factors(surprise, row)[0].name
+
+    assert named(ids_long=12.0, method_unusual=3.0) == "method_unusual"
+    assert named(ids_long=12.0, hour_unusual=3.0) == "hour_unusual"
+    assert named(ids_long=12.0, hour_unusual=3.0, id_walk=0.2) == "id_walk"  # an enumeration at night
+    assert named(ids_long=12.0) == "ids_long"
+
+
 def _capped_from(model: AnomalyModel, feature: str) -> float:
     """The smallest value of `feature` (alone) whose surprise is at its cap, found by bisection."""
     index = FEATURE_NAMES.index(feature)

@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 
 from authz_server.cli import main
+from authz_server.risk import AnomalyModel
 from authz_server.risklab.attacks import KINDS, plan_attacks
 from authz_server.risklab.requests import CertificateCache, LabServer, check_request, lab_ca, read_verdicts
 from authz_server.risklab.simulator import DAY, Timeline
@@ -72,6 +73,8 @@ def test_evaluate_reports_both_models_every_kind_and_benign_rates(capsys: pytest
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in report["results"]] == ["bundled", "site-trained"]
+    bundled, trained = (r["model_version"] for r in report["results"])
+    assert bundled == AnomalyModel.load("").version and trained.startswith("surprise-") and trained != bundled
     assert report["day_calls"] > 2000 and report["attack_calls"] > 0
     for result in report["results"]:
         assert result["benign_policy_denied"] == 0
