@@ -88,6 +88,8 @@ _ns = time.perf_counter_ns
 class ShedReason(StrEnum):
     DEADLINE = "deadline"
     """The call's deadline had passed, or left less than the expected decision time."""
+    QUEUE = "queue"
+    """h2: the calls ahead of it would take longer than `max_wait_ms`, or than its deadline leaves, to decide."""
 
 
 def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
@@ -126,6 +128,7 @@ class Admission:
     def __init__(self, config: AdmissionConfig) -> None:
         self.config = config
         self._reserve_s = config.reserve_ms / 1000.0
+        self._max_wait_s = config.max_wait_ms / 1000.0
         self._cost_s = _INITIAL_COST_S
         self._lock = threading.Lock()
         self.shed: dict[str, int] = dict.fromkeys(ShedReason, 0)
@@ -149,6 +152,20 @@ class Admission:
         with self._lock:
             self.shed[ShedReason.DEADLINE] += 1
         return ShedReason.DEADLINE
+
+    def admit_behind(self, ahead: int, time_remaining_s: float | None) -> ShedReason | None:
+        """None when a call with `ahead` calls to be decided before it can still be decided in time, else why not.
+
+        Its expected wait is `ahead` x the moving average of a decision: it is shed (and counted) when that wait
+        passes `max_wait_ms`, or when the wait and its own decision would not fit in its deadline."""
+        waiting_s = ahead * self._cost_s
+        if waiting_s <= self._max_wait_s and (
+            time_remaining_s is None or time_remaining_s >= waiting_s + self._cost_s + self._reserve_s
+        ):
+            return None
+        with self._lock:
+            self.shed[ShedReason.QUEUE] += 1
+        return ShedReason.QUEUE
 
     def finished(self, started_ns: int, time_remaining_s: float | None) -> None:
         """Record one decided call that started at `started_ns` with `time_remaining_s` left."""

@@ -31,12 +31,12 @@ class CallersConfig:
 
 @dataclass(frozen=True)
 class AdmissionConfig:
-    max_in_flight: int = 8
+    max_in_flight: int = 64
     """Checks one process holds in Python at once (aio: being read or decided; sync: queued for or on a handler
     thread); past it aio refuses a call with RESOURCE_EXHAUSTED before it is parsed or decided, and sync leaves it
     waiting in gRPC's C core (max_queued). The h2 transport has no C core to queue in: it refuses a call once
     max_in_flight + max_queued calls are received and not yet answered."""
-    max_queued: int = 24
+    max_queued: int = 64
     """Calls that may wait inside gRPC's C core for the server to take them; past it the core resets a new call's
     stream at once, before any Python runs. With max_in_flight it caps a decided call's wait at about
     (max_in_flight + max_queued) x the server's time per call: 32 x ~0.5-0.7 ms at the defaults. Smaller bounds cut
@@ -46,6 +46,10 @@ that wait but refuse bursts the server would have decided (transport/admission.p
     (every transport). A client sends no more on that connection: Envoy opens another one (up to its
     max_connections circuit breaker), grpc and nghttp2 clients hold the call back. Envoy's bound on what it sends
     is its max_requests circuit breaker on the ext_authz cluster (envoy/bootstrap.py), not this."""
+    max_wait_ms: float = 50.0
+    """h2: a Check whose HEADERS arrive behind calls not yet answered is answered `overloaded` at once, unread, when
+    their expected decision time (their number x the moving average of a decision) passes this or its own deadline
+    (less its decision and reserve_ms)."""
     reserve_ms: float = 1.0
     """A call is decided only when its deadline leaves at least this much beyond the expected decision time (the
     moving average of recent decisions); otherwise it is answered at once with `overloaded`."""
@@ -58,6 +62,8 @@ that wait but refuse bursts the server would have decided (transport/admission.p
             problems.append(f"max_queued: must be >= 0, got {self.max_queued}")
         if self.max_streams_per_connection < 1:
             problems.append(f"max_streams_per_connection: must be >= 1, got {self.max_streams_per_connection}")
+        if self.max_wait_ms < 0:
+            problems.append(f"max_wait_ms: must be >= 0, got {self.max_wait_ms}")
         if self.reserve_ms < 0:
             problems.append(f"reserve_ms: must be >= 0, got {self.reserve_ms}")
         return problems

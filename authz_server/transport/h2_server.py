@@ -81,7 +81,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from hyperframe.frame import GoAwayFrame
 
-from authz_server.transport.admission import Admission
+from authz_server.transport.admission import SHED_RESPONSE, Admission
 from authz_server.transport.callers import XFCC_METADATA
 from authz_server.transport.grpc_server import (
     AUTHORIZATION_SERVICE,
@@ -258,8 +258,12 @@ def authorizer_check(slot: AuthorizerSlot, admission: Admission) -> Check:
 class H2Server:
     """The process's listener, its connections and the bounds they share."""
 
-    def __init__(self, check: Check, max_open: int, max_streams: int = MAX_CONCURRENT_STREAMS) -> None:
+    def __init__(
+        self, check: Check, max_open: int, max_streams: int = MAX_CONCURRENT_STREAMS, admission: Admission | None = None
+    ) -> None:
         self.check = check
+        self.admission = admission
+        """Sheds a Check on arrival when the calls ahead of it cannot be decided in time (None: count only)."""
         self.health = HealthStatus(("", AUTHORIZATION_SERVICE))
         self.reflection = Reflection()
         self.max_open = max_open
@@ -452,6 +456,12 @@ class _Connection(asyncio.Protocol):
             self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
             return
         seconds = parse_grpc_timeout(timeout) if timeout else None
+        admission = self.server.admission
+        if path == CHECK_PATH and admission is not None:
+            remaining = None if seconds is None else seconds - (time.monotonic() - arrived)
+            if admission.admit_behind(self.server.open_calls, remaining) is not None:
+                self._answer_unread(stream_id, SHED_RESPONSE)
+                return
         self.streams[stream_id] = _Stream(path, None if seconds is None else arrived + seconds, metadata)
         self.server.open_calls += 1
 
@@ -641,6 +651,16 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.h2.send_headers(stream_id, _status_trailers(code, message), end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._reset_if_open(stream_id)
+
+    def _answer_unread(self, stream_id: int, reply: bytes) -> None:
+        """A whole answer sent before the call's body is read; the stream is reset if the client is still sending."""
+        try:
+            self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
+            self.h2.send_data(stream_id, _frame(reply))
+            self.h2.send_headers(stream_id, _OK_TRAILERS, end_stream=True)
         except h2.exceptions.StreamClosedError:
             return
         self._reset_if_open(stream_id)
