@@ -116,6 +116,8 @@ def _shed_response() -> bytes:
 SHED_RESPONSE = _shed_response()
 """The serialized CheckResponse for a call that is not decided: 503, retry-after, nothing let through."""
 
+OVERLOAD_HOLD_S = 1.0
+"""How long the shorter ceiling holds after the last call past max_wait_ms: the issue's recovery target."""
 _INITIAL_COST_S = 0.001
 _EWMA_WEIGHT = 1 / 64
 """A new decision moves the expected cost by 1/64: it follows a slower model within ~100 calls, one slow call
@@ -129,6 +131,8 @@ class Admission:
         self.config = config
         self._reserve_s = config.reserve_ms / 1000.0
         self._max_wait_s = config.max_wait_ms / 1000.0
+        self._overload_wait_s = min(config.overload_wait_ms, config.max_wait_ms) / 1000.0
+        self._overloaded_until = 0.0
         self._cost_s = _INITIAL_COST_S
         self._lock = threading.Lock()
         self.shed: dict[str, int] = dict.fromkeys(ShedReason, 0)
@@ -153,16 +157,27 @@ class Admission:
             self.shed[ShedReason.DEADLINE] += 1
         return ShedReason.DEADLINE
 
-    def admit_behind(self, ahead: int, time_remaining_s: float | None) -> ShedReason | None:
-        """None when a call with `ahead` calls to be decided before it can still be decided in time, else why not.
+    def admit_behind(self, waited_s: float, ahead: int, time_remaining_s: float | None) -> ShedReason | None:
+        """None when a call that has waited `waited_s` already, with `ahead` calls to be decided before it, can still
+        be decided in time; else why not (counted).
 
-        Its expected wait is `ahead` x the moving average of a decision: it is shed (and counted) when that wait
-        passes `max_wait_ms`, or when the wait and its own decision would not fit in its deadline."""
-        waiting_s = ahead * self._cost_s
-        if waiting_s <= self._max_wait_s and (
-            time_remaining_s is None or time_remaining_s >= waiting_s + self._cost_s + self._reserve_s
+        Its expected wait is `waited_s` + `ahead` x the moving average of a decision. It is shed when that wait
+        passes the ceiling, or when the wait and its own decision would not fit in its deadline. The ceiling is
+        `max_wait_ms` until a call passes it, then `overload_wait_ms` until none has for OVERLOAD_HOLD_S: a queue
+        that only grows past max_wait_ms under more calls than the server decides is then kept short, so the calls
+        decided are answered soon after they arrive."""
+        waiting_s = waited_s + ahead * self._cost_s
+        now = time.monotonic()
+        ceiling_s = self._overload_wait_s if now < self._overloaded_until else self._max_wait_s
+        if waiting_s <= ceiling_s and (
+            time_remaining_s is None
+            or time_remaining_s >= waiting_s + self._cost_s + self._reserve_s
+            # Too short a deadline even with nothing ahead is no queue's doing: `admit` answers it `overloaded`.
+            or time_remaining_s < self._cost_s + self._reserve_s
         ):
             return None
+        if waiting_s > self._max_wait_s:
+            self._overloaded_until = now + OVERLOAD_HOLD_S
         with self._lock:
             self.shed[ShedReason.QUEUE] += 1
         return ShedReason.QUEUE

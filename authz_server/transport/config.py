@@ -46,10 +46,14 @@ that wait but refuse bursts the server would have decided (transport/admission.p
     (every transport). A client sends no more on that connection: Envoy opens another one (up to its
     max_connections circuit breaker), grpc and nghttp2 clients hold the call back. Envoy's bound on what it sends
     is its max_requests circuit breaker on the ext_authz cluster (envoy/bootstrap.py), not this."""
-    max_wait_ms: float = 50.0
-    """h2: a Check whose HEADERS arrive behind calls not yet answered is answered `overloaded` at once, unread, when
-    their expected decision time (their number x the moving average of a decision) passes this or its own deadline
-    (less its decision and reserve_ms)."""
+    max_wait_ms: float = 100.0
+    """h2: a Check is answered `overloaded` on arrival, unread, when the calls ahead of it (their number x the moving
+    average of a decision, plus the time its bytes waited to be read) would make it wait longer than this, or
+    longer than its deadline leaves. A burst, or a closed loop of callers (64 Checks outstanding from one sidecar
+    are ~32 ms), waits within it."""
+    overload_wait_ms: float = 10.0
+    """h2: the ceiling instead of max_wait_ms for a second after a call went past max_wait_ms: only more calls than
+    the server decides grow the queue that far, and the calls it then decides wait at most about this long."""
     reserve_ms: float = 1.0
     """A call is decided only when its deadline leaves at least this much beyond the expected decision time (the
     moving average of recent decisions); otherwise it is answered at once with `overloaded`."""
@@ -64,6 +68,8 @@ that wait but refuse bursts the server would have decided (transport/admission.p
             problems.append(f"max_streams_per_connection: must be >= 1, got {self.max_streams_per_connection}")
         if self.max_wait_ms < 0:
             problems.append(f"max_wait_ms: must be >= 0, got {self.max_wait_ms}")
+        if self.overload_wait_ms < 0:
+            problems.append(f"overload_wait_ms: must be >= 0, got {self.overload_wait_ms}")
         if self.reserve_ms < 0:
             problems.append(f"reserve_ms: must be >= 0, got {self.reserve_ms}")
         return problems
