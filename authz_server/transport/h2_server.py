@@ -278,7 +278,7 @@ class H2Server:
         self.connections: set[_Connection] = set()
         self.last_read_end = 0.0
         self.quiet_at = 0.0
-        """The last time the loop waited for bytes with every socket read empty."""
+        """When the loop last woke from waiting for bytes: no byte read since had waited before it."""
         self.draining = False
         self._listener: asyncio.AbstractServer | None = None
         self._socket_path: str | None = None
@@ -392,13 +392,14 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         # One clock read for every call these bytes carried: their deadlines count from the earliest these bytes can
-        # have arrived. The socket was empty when this connection was last read, and every socket was empty when
-        # the loop last waited for bytes (a gap between two reads); a busy loop leaves a call in the socket for
-        # up to a round over every connection, which under overload is most of its wait.
+        # have arrived. The socket was empty when this connection was last read. After a gap between two reads the
+        # loop was waiting for bytes, and bytes wake it at once: they have just arrived. With no gap the loop is
+        # busy, and a call waits in the socket for up to a round over every connection, which under overload is
+        # most of its wait.
         now = time.monotonic()
         server = self.server
         if now - server.last_read_end > _IDLE_GAP_S:
-            server.quiet_at = server.last_read_end
+            server.quiet_at = now
         arrived = max(self._drained_at, server.quiet_at, now - _MAX_SOJOURN_S)
         try:
             events = self.h2.receive_data(data)
