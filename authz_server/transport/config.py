@@ -31,7 +31,7 @@ class CallersConfig:
 
 @dataclass(frozen=True)
 class AdmissionConfig:
-    max_in_flight: int = 64
+    max_in_flight: int = 32
     """Checks one process holds in Python at once (aio: being read or decided; sync: queued for or on a handler
     thread); past it aio refuses a call with RESOURCE_EXHAUSTED before it is parsed or decided, and sync leaves it
     waiting in gRPC's C core (max_queued). The h2 transport has no C core to queue in: it refuses a call once
@@ -51,9 +51,6 @@ that wait but refuse bursts the server would have decided (transport/admission.p
     average of a decision, plus the time its bytes waited to be read) would make it wait longer than this, or
     longer than its deadline leaves. A burst, or a closed loop of callers (64 Checks outstanding from one sidecar
     are ~32 ms), waits within it."""
-    overload_wait_ms: float = 10.0
-    """h2: the ceiling instead of max_wait_ms for a second after a call went past max_wait_ms: only more calls than
-    the server decides grow the queue that far, and the calls it then decides wait at most about this long."""
     reserve_ms: float = 1.0
     """A call is decided only when its deadline leaves at least this much beyond the expected decision time (the
     moving average of recent decisions); otherwise it is answered at once with `overloaded`."""
@@ -68,8 +65,6 @@ that wait but refuse bursts the server would have decided (transport/admission.p
             problems.append(f"max_streams_per_connection: must be >= 1, got {self.max_streams_per_connection}")
         if self.max_wait_ms < 0:
             problems.append(f"max_wait_ms: must be >= 0, got {self.max_wait_ms}")
-        if self.overload_wait_ms < 0:
-            problems.append(f"overload_wait_ms: must be >= 0, got {self.overload_wait_ms}")
         if self.reserve_ms < 0:
             problems.append(f"reserve_ms: must be >= 0, got {self.reserve_ms}")
         return problems

@@ -118,10 +118,6 @@ MAX_CONNECTIONS = 1024
 WRITE_BUFFER_HIGH = 64 * 1024
 """A connection stops being read while this much waits to be written to its peer (an answer is ~0.6 KiB)."""
 _LAST_STREAM_ID = 2**31 - 1
-_IDLE_GAP_S = 0.0002
-"""Between two reads in one pass of the loop a few µs go by; a longer gap is the loop waiting for bytes (or a thread
-holding the GIL, which this reads as a wait: the estimate errs towards a fresh call)."""
-_MAX_SOJOURN_S = 1.0
 
 # h2 reads this module constant on every CONTINUATION frame; it has no setting for it.
 h2.frame_buffer.CONTINUATION_BACKLOG = _CONTINUATION_FRAMES
@@ -276,9 +272,6 @@ class H2Server:
         self.buffered = 0
         """Bytes of partly received messages, and of reflection answers the clients have not taken yet."""
         self.connections: set[_Connection] = set()
-        self.last_read_end = 0.0
-        self.quiet_at = 0.0
-        """When the loop last woke from waiting for bytes: no byte read since had waited before it."""
         self.draining = False
         self._listener: asyncio.AbstractServer | None = None
         self._socket_path: str | None = None
@@ -352,8 +345,6 @@ class _Connection(asyncio.Protocol):
         the stream stays open)."""
         self.watches: dict[int, tuple[str, Watcher]] = {}
         self.transport: asyncio.Transport | None = None
-        self._drained_at = 0.0
-        """When this connection's socket was last read empty (the end of its last read)."""
         self._goaway_ping: bytes | None = None
         self._goaway_seen = False
         self._closing = False
@@ -368,7 +359,6 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         self.server.connections.add(self)
-        self._drained_at = time.monotonic()
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.h2.local_settings.update(self.server._settings)
         self.h2.initiate_connection()
@@ -391,16 +381,8 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        # One clock read for every call these bytes carried: their deadlines count from the earliest these bytes can
-        # have arrived. The socket was empty when this connection was last read. After a gap between two reads the
-        # loop was waiting for bytes, and bytes wake it at once: they have just arrived. With no gap the loop is
-        # busy, and a call waits in the socket for up to a round over every connection, which under overload is
-        # most of its wait.
-        now = time.monotonic()
-        server = self.server
-        if now - server.last_read_end > _IDLE_GAP_S:
-            server.quiet_at = now
-        arrived = max(self._drained_at, server.quiet_at, now - _MAX_SOJOURN_S)
+        # One clock read for every call these bytes carried: their deadlines count from here.
+        arrived = time.monotonic()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -438,7 +420,6 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._flush()
-        self._drained_at = server.last_read_end = time.monotonic()
         if self._closing and not self.busy():
             self.close()
 
@@ -477,9 +458,8 @@ class _Connection(asyncio.Protocol):
         seconds = parse_grpc_timeout(timeout) if timeout else None
         admission = self.server.admission
         if path == CHECK_PATH and admission is not None:
-            waited = time.monotonic() - arrived
-            remaining = None if seconds is None else seconds - waited
-            if admission.admit_behind(waited, self.server.open_calls, remaining) is not None:
+            remaining = None if seconds is None else seconds - (time.monotonic() - arrived)
+            if admission.admit_behind(self.server.open_calls, remaining) is not None:
                 # The cheapest answer: no header block to encode, and a gRPC client or Envoy knows the call was not
                 # processed (Envoy answers status_on_error, 503 in what this project renders).
                 self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)

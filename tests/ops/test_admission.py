@@ -190,7 +190,7 @@ def test_h2_refuses_at_once_a_call_the_calls_ahead_would_keep_waiting_past_max_w
     # A burst far larger than max_wait_ms of decisions: the calls that would wait past it are refused on arrival,
     # unread (HTTP/2 REFUSED_STREAM: not processed, safe to retry; gRPC reports UNAVAILABLE, Envoy status_on_error),
     # counted as shed for `queue`; the calls within it are decided.
-    config, port = serve(workspace, tmp_path, "h2", max_wait_ms=2, overload_wait_ms=2)
+    config, port = serve(workspace, tmp_path, "h2", max_wait_ms=2)
     metrics = int(config["metrics"]["listen"].rsplit(":", 1)[1])
     request = workspace.request(BILLING, "GET", "/v1/charges/1").SerializeToString()
     with server(workspace, tmp_path, config) as process:
@@ -250,13 +250,10 @@ def test_health_checks_on_the_serving_port_are_answered_while_checks_are_refused
 
 
 def test_admission_bounds_are_validated() -> None:
-    problems = AdmissionConfig(
-        max_in_flight=0, max_queued=-1, max_wait_ms=-1, overload_wait_ms=-1, reserve_ms=-1
-    ).validate()
+    problems = AdmissionConfig(max_in_flight=0, max_queued=-1, max_wait_ms=-1, reserve_ms=-1).validate()
     assert problems == [
         "max_in_flight: must be >= 1, got 0",
         "max_queued: must be >= 0, got -1",
         "max_wait_ms: must be >= 0, got -1",
-        "overload_wait_ms: must be >= 0, got -1",
         "reserve_ms: must be >= 0, got -1",
     ]
