@@ -22,12 +22,16 @@ never sees, so the first bound is not here:
    SETTINGS_MAX_CONCURRENT_STREAMS too, but Envoy answers it by opening another connection, so it bounds nothing
    there.
 1. h2, which sees every call as it arrives: the expected wait (`admit_behind`). A Check is admitted when its
-   HEADERS arrive if the calls ahead of it (received, not yet answered: their number x the moving average of a
-   decision) plus the time its bytes may have waited in the socket leave room within its deadline and within a
-   ceiling: `max_wait_ms` (100) while the queue only holds bursts and closed loops of callers, `overload_wait_ms`
-   (10) for a second after a call went past `max_wait_ms`, which only more calls than the server decides do.
-   Past it the stream is reset with REFUSED_STREAM before its body is read: no header block to encode, the
-   cheapest answer this transport has, and HTTP/2's word for "not processed, safe to retry".
+   HEADERS arrive if the calls ahead of it (received, not yet answered) would be decided, at the moving average
+   of a decision each, within `max_wait_ms` (100) and in time for its own decision within its deadline. Past it
+   the stream is reset with REFUSED_STREAM before its body is read: no header block to encode, the cheapest
+   answer this transport has, and HTTP/2's word for "not processed, safe to retry". Envoy writes the Checks it
+   has ready together, so a bound in count saw a sidecar's 64 outstanding Checks as up to 64 waiting calls and
+   refused those past 32; the expected wait sees ~32-45 ms of work. Refusing still costs a
+   call's HEADERS and DATA parsed in Python, ~0.7 of what the transport spends on a decided call (h2's own
+   parsing and validation; benchmarks/RESULTS.md, "Overload: admission by expected wait"), so at twice the
+   capacity, with every call sent to the server, h2 decides ~60-75% of its capacity in time; Envoy's breakers (0.)
+   keep what a sidecar sends within what is decided in time.
 2. aio and sync, which see a call only once gRPC's C core hands it over: counts. `max_queued` calls may wait in
    the core for the Python server to take them; past it the core resets the new call's stream at once (the
    client sees CANCELLED), before any Python runs, the cheapest refusal there; a call whose deadline passes
