@@ -4,7 +4,9 @@ Both transports, over real gRPC to `authz-server serve`: a call whose deadline l
 decision time gets the documented 503 `overloaded` CheckResponse without being decided (no decision line, a counted
 `kind: shed` line, `authz_shed_total`); calls beyond the in-flight and queue bounds are refused by gRPC itself
 (RESOURCE_EXHAUSTED past `max_in_flight`, a reset stream, CANCELLED, past `max_queued`), which Envoy turns into
-`status_on_error`, and every other call is still decided.
+`status_on_error`, and every other call is still decided; h2 refuses on arrival (REFUSED_STREAM, counted as shed
+for `queue`) a call the calls ahead of it would keep waiting past `max_wait_ms`. None of this may refuse the 64
+Checks a busy sidecar keeps outstanding.
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ def test_the_64_checks_one_sidecar_keeps_outstanding_are_all_decided_at_the_defa
     assert value(text, "authz_admission_decided_total") == 192
 
 
-def test_h2_refuses_at_once_a_call_the_calls_ahead_would_keep_waiting_past_max_wait(
+def test_h2_refuses_on_arrival_the_calls_that_would_wait_past_max_wait_and_counts_them(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     # A burst far larger than max_wait_ms of decisions: the calls that would wait past it are refused on arrival,
