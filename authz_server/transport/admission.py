@@ -30,8 +30,8 @@ never sees, so the first bound is not here:
    refused those past 32; the expected wait sees ~32-45 ms of work. Refusing still costs a
    call's HEADERS and DATA parsed in Python, ~0.7 of what the transport spends on a decided call (h2's own
    parsing and validation; benchmarks/RESULTS.md, "Overload: admission by expected wait"), so at twice the
-   capacity, with every call sent to the server, h2 decides ~60-75% of its capacity in time; Envoy's breakers (0.)
-   keep what a sidecar sends within what is decided in time.
+   capacity, with every call sent to the server, h2 decided 43-65% of its capacity in time (62-68% per
+   CPU-second it got) at 1.5-2x; Envoy's breakers (0.) keep what a sidecar sends within what is decided in time.
 2. aio and sync, which see a call only once gRPC's C core hands it over: counts. `max_queued` calls may wait in
    the core for the Python server to take them; past it the core resets the new call's stream at once (the
    client sees CANCELLED), before any Python runs, the cheapest refusal there; a call whose deadline passes
