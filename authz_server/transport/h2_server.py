@@ -22,18 +22,16 @@ What it serves, for what the sidecar Envoy and a kubelet ask:
 No TLS, as the other transports: Envoy reaches the server over loopback, the
 pod network behind a NetworkPolicy, or a Unix socket.
 
-The same admission as the grpc transports (admission.py), reading "in flight"
-as "its HEADERS arrived, its answer is not yet written": past
-`max_in_flight + max_queued` such calls (any method but grpc.health.v1's Check, which kubelet's probes send on
-this port and which must be answered under overload, not refused beside the Checks: answered inline, it costs
-little and holds nothing; a Watch or reflection stream counts until it ends, as grpc.aio counts it, so streams a
-client keeps open stay bounded) a new one is refused with
-RESOURCE_EXHAUSTED before its body is read (here nothing waits in a C core, so
-the two bounds add up to one; calls not yet read wait in the socket, where
-their deadline bounds them: counting every call of one read against the bound
-refused more and gained nothing measurable, benchmarks/RESULTS.md). The deadline (`grpc-timeout`) is counted from
-the moment the bytes that carried the call were read, and a call that cannot
-be decided in time gets SHED_RESPONSE, through `decide_admitted` like the rest.
+Admission (admission.py) sees each call here as its HEADERS arrive. A Check whose expected wait, the calls received
+and not yet answered x the moving average of a decision, passes `admission.max_wait_ms` or what its deadline
+(`grpc-timeout`, counted from the moment the bytes that carried the call were read) leaves is refused at once with
+RST_STREAM REFUSED_STREAM, before its body is read, and counted as shed (`queue`). Past `max_in_flight +
+max_queued` such calls, a bound on what the process holds, a new one is refused with RESOURCE_EXHAUSTED. Neither
+applies to grpc.health.v1's Check, which kubelet's probes send on this port and which must be answered under
+overload, not refused beside the Checks: answered inline, it costs little and holds nothing; a Watch or reflection
+stream counts until it ends, as grpc.aio counts it, so streams a client keeps open stay bounded. A call admitted
+that can no longer be decided in time when its body is whole gets SHED_RESPONSE, through `decide_admitted` like
+the rest.
 
 Bounds on what a client can make this process hold, in bytes or in count:
 one message at most MAX_MESSAGE_BYTES, every message being received and every
@@ -258,8 +256,12 @@ def authorizer_check(slot: AuthorizerSlot, admission: Admission) -> Check:
 class H2Server:
     """The process's listener, its connections and the bounds they share."""
 
-    def __init__(self, check: Check, max_open: int, max_streams: int = MAX_CONCURRENT_STREAMS) -> None:
+    def __init__(
+        self, check: Check, max_open: int, max_streams: int = MAX_CONCURRENT_STREAMS, admission: Admission | None = None
+    ) -> None:
         self.check = check
+        self.admission = admission
+        """Sheds a Check on arrival when the calls ahead of it cannot be decided in time (None: count only)."""
         self.health = HealthStatus(("", AUTHORIZATION_SERVICE))
         self.reflection = Reflection()
         self.max_open = max_open
@@ -452,6 +454,14 @@ class _Connection(asyncio.Protocol):
             self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
             return
         seconds = parse_grpc_timeout(timeout) if timeout else None
+        admission = self.server.admission
+        if path == CHECK_PATH and admission is not None:
+            remaining = None if seconds is None else seconds - (time.monotonic() - arrived)
+            if admission.admit_behind(self.server.open_calls, remaining) is not None:
+                # The cheapest answer: no header block to encode, and a gRPC client or Envoy knows the call was not
+                # processed (Envoy answers status_on_error, 503 in what this project renders).
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return
         self.streams[stream_id] = _Stream(path, None if seconds is None else arrived + seconds, metadata)
         self.server.open_calls += 1
 

@@ -238,6 +238,7 @@ class ServerProcess:
             authorizer_check(self.slot, self.admission),
             admission.max_in_flight + admission.max_queued,
             admission.max_streams_per_connection,
+            self.admission,
         )
         self.port = await server.listen(self.config.listen)
         await self._serve_until_stopped(HealthReporter(server.health), server.drain)
