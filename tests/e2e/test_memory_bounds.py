@@ -13,6 +13,7 @@ it was sent: it may keep at most a quarter of it (a server that keeps what calle
 
 from __future__ import annotations
 
+import functools
 import http.client
 import ssl
 import threading
@@ -80,11 +81,19 @@ def in_parallel(count: int, workers: int, one: Callable[[int], int]) -> list[int
         return list(pool.map(one, range(count)))
 
 
+@functools.cache
+def _segments(size: int) -> str:
+    """`part#####NNNN` segments joined by `/`, the index left as `#####` to fill in."""
+    return "/".join(f"part#####{n:04d}" for n in range(size // 14))
+
+
 def long_path(index: int, size: int = 60 * 1024) -> str:
-    """A distinct path of `size` bytes: a route-like start, then segments of varying text."""
+    """A distinct path of `size` bytes: a route-like start, then segments of varying text (`part{index}{n}`).
+
+    Built by one replace on a cached template: a join of 4,388 f-strings took 5 ms a path, 50 s of the test's
+    10,000 paths spent in the client rather than in Envoy and the server."""
     head = f"/v1/blobs/{index:05d}/"
-    body = "/".join(f"part{index:05d}{n:04d}" for n in range(size // 14))
-    return (head + body)[:size]
+    return (head + _segments(size).replace("#####", f"{index:05d}"))[:size]
 
 
 def test_ten_thousand_allowed_60_kib_paths_through_envoy_keep_the_server_inside_its_limit(tmp_path: Path) -> None:
@@ -134,8 +143,12 @@ def test_ten_thousand_allowed_60_kib_paths_through_envoy_keep_the_server_inside_
 def junk_certificate_field(pem: str, index: int, size: int = 100 * 1024) -> str:
     """Envoy's URL-encoded PEM with `size` bytes of distinct text in front: still a valid certificate field."""
     quoted = urllib.parse.quote(pem, safe="")
-    junk = f"junk {index:06d} " * (size // 12)
-    return urllib.parse.quote(junk[: size - len(quoted)], safe="") + quoted
+    unit = f"junk {index:06d} "
+    # The junk is `unit` repeated and cut to fit; quote() maps each byte on its own, so the repeated unit is quoted
+    # once (quoting 100 KiB a byte at a time took 14 ms a field: 14 s of the test's 1,000 fields).
+    junk = (unit * (size // len(unit)))[: size - len(quoted)]
+    whole, part = divmod(len(junk), len(unit))
+    return urllib.parse.quote(unit, safe="") * whole + urllib.parse.quote(unit[:part], safe="") + quoted
 
 
 def check_request(certificate: str) -> bytes:
