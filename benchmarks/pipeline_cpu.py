@@ -12,9 +12,6 @@ Timed with the CPU clocks, so a busy neighbour stretches a round's wall time but
 trees in alternating runs all the same (`--tree`: decide with another checkout's `authz_server`, e.g. a
 `git worktree` of main).
 
-Counted instead of timed: run it twice under `valgrind --tool=callgrind` with `--samples 800 --rounds 1` and
-`--calls` 200 and 600; the difference of the two instruction totals over 400 is the instructions per call.
-
 `--no-model-run` answers every risk score from one model run made at start instead of running onnxruntime per call
 (the outcomes are then wrong: for measuring only). A call's own run costs ~10 µs in a loop of nothing else; the
 difference between the two modes is what it costs among the rest of the pipeline, whose code and data it pushes
