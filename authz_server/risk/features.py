@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, TypeVar
 from authz_server.risk.baseline import EMPTY
 from authz_server.risk.config import RiskConfig
 from authz_server.routes import fold
+from authz_server.values import fast_init
 
 if TYPE_CHECKING:
     from authz_server.call import Call
@@ -183,6 +184,7 @@ def bounded(text: str, limit: int = MAX_KEY) -> str:
     return f"{text[: limit - 17]}#{digest}"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CallFacts:
     """What the features read of one call, every string bounded; built from a live call or a decision-log line."""
@@ -442,6 +444,7 @@ def _ratio_bits(numerator: float, denominator: float) -> float:
     return value if value > 0.0 else 0.0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Activity:
     """Recent activity around one call, before the baseline compares it (training builds baselines from these)."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from authz_server.values import fast_init
+
 if TYPE_CHECKING:
     from authz_server.risk.features import CallFacts
 
@@ -24,6 +26,7 @@ class RiskAction(StrEnum):
     DENY = "deny"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RiskFactor:
     name: str
@@ -31,6 +34,7 @@ class RiskFactor:
     """The feature's surprise in decades: -log10 of how often benign traffic shows a value this far out."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RiskOutcome:
     status: RiskStatus

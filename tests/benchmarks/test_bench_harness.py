@@ -12,6 +12,7 @@ from authz_server.decision import Verdict
 from benchmarks.ci_gate import GateConfig, GateConfigError
 from benchmarks.inprocess import run_inprocess
 from benchmarks.pipeline import STAGES, build_pipeline
+from benchmarks.pipeline_cpu import measure as measure_pipeline_cpu
 from benchmarks.report import plot_latency_vs_load, table
 from benchmarks.stats import percentile, summarize
 from benchmarks.workload import ROUTES, Kind, TrustDomainFixture, Workload, grpc_frame
@@ -147,3 +148,13 @@ def test_the_sidecar_answers_directly_only_when_asked() -> None:
     direct = route(SidecarSpec(spec.listener, spec.upstream, spec.authz, tls, upstream_direct_response="ok"))
     assert direct["direct_response"] == {"status": 200, "body": {"inline_string": "ok"}}
     assert "route" not in direct
+
+
+def test_the_pipeline_cpu_figure_includes_the_decision_log_writers_work(tmp_path: Path) -> None:
+    # Every decided call (warm-up and measured) is a line the writer built and wrote before the round's CPU was read.
+    rounds = measure_pipeline_cpu(tmp_path, 60, 2, samples=40)
+    lines = (tmp_path / "decisions.jsonl").read_text().splitlines()
+    decided = [json.loads(line) for line in lines if json.loads(line).get("kind") != "shed"]
+    warmup = len([s for s in Workload(TrustDomainFixture.create()).samples(40) if s.kind is not Kind.IDENTITY_DENIED])
+    assert len(decided) == warmup + 2 * 60
+    assert all(process >= thread > 0 for process, thread in rounds)

@@ -8,6 +8,8 @@ import pytest
 
 from authz_server.call import Peer
 from authz_server.policy.outcome import Mode, PolicyOutcome, PolicyReason, RiskTimeoutAction
+from authz_server.risk.features import CallFacts
+from authz_server.risk.outcome import RiskAction, RiskFactor, RiskOutcome, RiskStatus
 from authz_server.values import fast_init
 
 
@@ -50,3 +52,16 @@ def test_classes_it_cannot_serve_are_refused_at_definition() -> None:
         @dataclasses.dataclass(frozen=True, slots=True)
         class Factory:
             a: list[int] = dataclasses.field(default_factory=list)
+
+
+def test_a_risk_outcome_still_leaves_its_call_facts_out_of_equality_and_repr() -> None:
+    # RiskOutcome declares `facts` with compare=False, repr=False: the outcome of two calls that read alike is the
+    # same outcome, and a log of repr() does not spill what was read of the call.
+    facts = CallFacts(1.0, "spiffe://td/a", "spiffe://td/b", "/x/{id}", "7", "GET", -1, "10.0.0.1", "ab", None, None)
+    scored = RiskOutcome(RiskStatus.SCORED, 0.25, (RiskFactor("rate_burst", 1.5),), "m1", facts=facts)
+    assert scored == RiskOutcome(RiskStatus.SCORED, 0.25, (RiskFactor("rate_burst", 1.5),), "m1")
+    assert scored.facts is facts
+    assert "10.0.0.1" not in repr(scored)
+    assert (scored.band, scored.action, scored.alarmed) == ("", RiskAction.ALLOW, frozenset())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        scored.score = 0.0  # type: ignore[misc]
