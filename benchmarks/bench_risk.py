@@ -32,6 +32,7 @@ from authz_server.policy.outcome import PolicyOutcome, PolicyReason
 from authz_server.risk import AnomalyModel, BehaviourState, RiskConfig, RiskScorer
 from authz_server.risk.features import Learning, facts_from_call
 from authz_server.risk.outcome import RiskStatus
+from authz_server.transport.serve import collect_as_serving
 
 OUT = Path(__file__).parent / "out" / "risk.json"
 TRUST_DOMAIN = "example.org"
@@ -211,6 +212,7 @@ def main() -> None:
         scorer = RiskScorer(scored_by, config, BehaviourState(config), started_at=START)
         for call, identity, _ in traffic[:cut]:  # the state has seen the history, as a running server's has
             scorer.state.observe(facts_from_call(call, identity, call.path, call.received_at), Learning.EVERYTHING)
+        collect_as_serving()
         _single(scorer, warm)
         results[name] = {
             "model": scored_by.version,

@@ -37,6 +37,22 @@ log = logging.getLogger("authz_server.serve")
 _GC_YOUNG_THRESHOLD = 10_000
 """Net allocations of container objects between two young-generation collections once serving (CPython: 700)."""
 
+
+def collect_as_serving() -> None:
+    """The garbage collector as a serving process runs it, once its stages are loaded."""
+    # Everything loaded so far lives as long as the process: moved out of the collector's sight, a full
+    # collection no longer walks it (its pause fell from ~8 to ~3 ms of CPU; benchmarks/RESULTS.md, "What each
+    # change bought").
+    gc.freeze()
+    # A decision lives ~flush_interval_ms in the decision log's queue (call, decision, timings: ~15 tracked
+    # objects), so at the default threshold of 700 net allocations the collector ran every ~50 calls and walked
+    # each queued decision several times, promoting them to older generations it then walked again: 4.4 µs of
+    # CPU per call and a 1.4 ms pause every ~500 calls (in-process, the envoy mix, 60,000 calls). At 10,000 a
+    # collection comes when the queue or the risk state has really grown: 0.3 µs per call. Memory held by
+    # unreachable cycles stays bounded by the same count.
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 EXIT_CANNOT_START = 78
 """Exit status of a process whose stages could not load (sysexits' EX_CONFIG). Distinct from 1, Python's exit
 status for an uncaught exception, so a supervisor can tell "would fail the same way again" from a crash."""
@@ -166,17 +182,7 @@ class ServerProcess:
             self.ops.readiness.failed(str(exc))
             stop()
             return
-        # Everything loaded so far lives as long as the process: moved out of the collector's sight, a full
-        # collection no longer walks it (its pause fell from ~8 to ~3 ms of CPU; benchmarks/RESULTS.md, "What each
-        # change bought").
-        gc.freeze()
-        # A decision lives ~flush_interval_ms in the decision log's queue (call, decision, timings: ~15 tracked
-        # objects), so at the default threshold of 700 net allocations the collector ran every ~50 calls and walked
-        # each queued decision several times, promoting them to older generations it then walked again: 4.4 µs of
-        # CPU per call and a 1.4 ms pause every ~500 calls (in-process, the envoy mix, 60,000 calls). At 10,000 a
-        # collection comes when the queue or the risk state has really grown: 0.3 µs per call. Memory held by
-        # unreachable cycles stays bounded by the same count.
-        gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        collect_as_serving()
         reporter.serving()
         self.ops.readiness.loaded()
         log.info("serving on %s (port %d, transport %s)", self.config.listen, self.port, self.config.transport)
