@@ -147,17 +147,25 @@ async def burst(port: int, request: bytes, count: int) -> list[str]:
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_calls_beyond_the_in_flight_and_queue_bounds_are_refused_and_the_rest_decided(
-    workspace: Workspace, tmp_path: Path, transport: str
-) -> None:
-    config, port = serve(workspace, tmp_path, transport, max_in_flight=1, max_queued=0)
+def bursts(
+    workspace: Workspace, tmp_path: Path, transport: str, count: int, times: int = 1, **admission: Any
+) -> tuple[list[str], str]:
+    """`times` bursts of `count` concurrent Checks at a server with these admission settings: every call's
+    outcome, and the server's metrics after them."""
+    config, port = serve(workspace, tmp_path, transport, **admission)
     metrics = int(config["metrics"]["listen"].rsplit(":", 1)[1])
     request = workspace.request(BILLING, "GET", "/v1/charges/1").SerializeToString()
     with server(workspace, tmp_path, config) as process:
         wait_for(lambda: get(metrics, "/readyz")[0] == 200, 60, "ready", process, tmp_path)
-        outcomes = asyncio.run(burst(port, request, 300))
-        text = get(metrics, "/metrics")[1]
+        outcomes = [outcome for _ in range(times) for outcome in asyncio.run(burst(port, request, count))]
+        return outcomes, get(metrics, "/metrics")[1]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_calls_beyond_the_in_flight_and_queue_bounds_are_refused_and_the_rest_decided(
+    workspace: Workspace, tmp_path: Path, transport: str
+) -> None:
+    outcomes, text = bursts(workspace, tmp_path, transport, 300, max_in_flight=1, max_queued=0)
     counts = {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
     assert set(counts) <= {"allowed", "RESOURCE_EXHAUSTED", "CANCELLED"}, counts
     refused = counts.get("RESOURCE_EXHAUSTED", 0) + counts.get("CANCELLED", 0)
@@ -175,13 +183,7 @@ def test_the_64_checks_one_sidecar_keeps_outstanding_are_all_decided_at_the_defa
     # A sidecar Envoy serving 64 concurrent requests keeps 64 Checks outstanding on one connection. Each is decided
     # long before Envoy's 250 ms timeout (64 x ~0.5 ms), so refusing any is a 503 for a request that would have
     # been allowed: the bounds of 8 + 24 calls did that to 27-64% of them (benchmarks/RESULTS.md, "Overload").
-    config, port = serve(workspace, tmp_path, transport)
-    metrics = int(config["metrics"]["listen"].rsplit(":", 1)[1])
-    request = workspace.request(BILLING, "GET", "/v1/charges/1").SerializeToString()
-    with server(workspace, tmp_path, config) as process:
-        wait_for(lambda: get(metrics, "/readyz")[0] == 200, 60, "ready", process, tmp_path)
-        outcomes = [outcome for _ in range(3) for outcome in asyncio.run(burst(port, request, 64))]
-        text = get(metrics, "/metrics")[1]
+    outcomes, text = bursts(workspace, tmp_path, transport, 64, times=3)
     assert outcomes == ["allowed"] * 192, {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
     assert value(text, "authz_admission_decided_total") == 192
 
@@ -192,13 +194,7 @@ def test_h2_refuses_on_arrival_the_calls_that_would_wait_past_max_wait_and_count
     # A burst far larger than max_wait_ms of decisions: the calls that would wait past it are refused on arrival,
     # unread (HTTP/2 REFUSED_STREAM: not processed, safe to retry; gRPC reports UNAVAILABLE, Envoy status_on_error),
     # counted as shed for `queue`; the calls within it are decided.
-    config, port = serve(workspace, tmp_path, "h2", max_wait_ms=2)
-    metrics = int(config["metrics"]["listen"].rsplit(":", 1)[1])
-    request = workspace.request(BILLING, "GET", "/v1/charges/1").SerializeToString()
-    with server(workspace, tmp_path, config) as process:
-        wait_for(lambda: get(metrics, "/readyz")[0] == 200, 60, "ready", process, tmp_path)
-        outcomes = asyncio.run(burst(port, request, 300))
-        text = get(metrics, "/metrics")[1]
+    outcomes, text = bursts(workspace, tmp_path, "h2", 300, max_wait_ms=2)
     counts = {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
     assert set(counts) <= {"allowed", "UNAVAILABLE"}, counts
     assert counts.get("allowed", 0) > 0, counts

@@ -126,55 +126,47 @@ def test_the_feature_that_moved_the_score_is_the_top_factor(feature: str, site_m
     assert all(a.contribution >= b.contribution for a, b in itertools.pairwise(factors))
 
 
+def _quiet_row(model: AnomalyModel) -> tuple[RiskScorer, list[float]]:
+    """A stage after the frontend's ordinary traffic, and the features of its next ordinary call."""
+    stage = scorer(model)
+    t = steady(stage)
+    call, caller = parsed(FRONTEND, "/products/7", at=t)
+    return stage, stage.state.features(facts_from_call(call, caller, call.path, t), model.baseline)
+
+
+def _named(stage: RiskScorer, quiet: list[float], **values: float) -> tuple[str, list[float]]:
+    """The top factor of the quiet row with `values` set, and every feature's surprise."""
+    row = list(quiet)
+    for name, value in values.items():
+        row[FEATURE_NAMES.index(name)] = value
+    _, surprise = stage.model.score(row)
+    assert max(surprise) >= stage.model.alarm_surprise
+    return stage._factors(surprise, row)[0].name, surprise
+
+
 def test_among_volume_features_the_one_that_explains_the_others_is_named_first(site_model: AnomalyModel) -> None:
     """A burst of the edge's own mix on a large id space reads a new id on nearly every call: the calls moved, and
     `rate_burst` is named even where the distinct ids are a shade more surprising. Ids that rose well beyond the
     calls are named themselves; a sequential walk explains both."""
-    stage = scorer(site_model)
-    t = steady(stage)
-    call, caller = parsed(FRONTEND, "/products/7", at=t)
-    quiet = stage.state.features(facts_from_call(call, caller, call.path, t), site_model.baseline)
+    stage, quiet = _quiet_row(site_model)
     rate, ids = FEATURE_NAMES.index("rate_burst"), FEATURE_NAMES.index("ids_short")
-
-    def named(**bits: float) -> str:
-        row = list(quiet)
-        for name, value in bits.items():
-            row[FEATURE_NAMES.index(name)] = value
-        _, surprise = site_model.score(row)
-        assert max(surprise) >= site_model.alarm_surprise
-        if bits.keys() == {"rate_burst", "ids_short"} and bits["ids_short"] <= bits["rate_burst"] + 0.5:
-            assert surprise[ids] > surprise[rate]  # the ids alone would be named
-        return stage._factors(surprise, row)[0].name
-
-    assert named(rate_burst=6.0, ids_short=6.4) == "rate_burst"  # a burst: as many new ids as calls
-    assert named(rate_burst=6.0, ids_short=9.0) == "ids_short"  # far more distinct ids than the calls explain
-    assert named(rate_burst=6.0, ids_short=6.3, id_walk=4.0) == "id_walk"  # an enumeration at speed
-    assert named(ids_short=6.0) == "ids_short"
+    name, surprise = _named(stage, quiet, rate_burst=6.0, ids_short=6.4)
+    assert name == "rate_burst" and surprise[ids] > surprise[rate]  # a burst: as many new ids as calls
+    assert _named(stage, quiet, rate_burst=6.0, ids_short=9.0)[0] == "ids_short"  # far more than the calls explain
+    assert _named(stage, quiet, rate_burst=6.0, ids_short=6.3, id_walk=4.0)[0] == "id_walk"  # enumeration at speed
+    assert _named(stage, quiet, ids_short=6.0)[0] == "ids_short"
 
 
 def test_an_old_certificate_from_a_new_place_is_named_by_its_address(site_model: AnomalyModel) -> None:
     """A stolen predecessor SVID is late in its life because a copy is never rotated: when the address is new or
     the certificate is also seen elsewhere, the address is named first even where the age is more surprising; an
     old certificate from the caller's own subnets is named by its age."""
-    stage = scorer(site_model)
-    t = steady(stage)
-    call, caller = parsed(FRONTEND, "/products/7", at=t)
-    quiet = stage.state.features(facts_from_call(call, caller, call.path, t), site_model.baseline)
+    stage, quiet = _quiet_row(site_model)
     age, source = FEATURE_NAMES.index("svid_age"), FEATURE_NAMES.index("source_new")
-
-    def named(**values: float) -> str:
-        row = list(quiet)
-        for name, value in values.items():
-            row[FEATURE_NAMES.index(name)] = value
-        _, surprise = site_model.score(row)
-        assert surprise[age] >= site_model.alarm_surprise
-        if "source_new" in values:
-            assert surprise[age] > surprise[source]  # the age alone would be named
-        return stage._factors(surprise, row)[0].name
-
-    assert named(svid_age=1.9, source_new=2.0) == "source_new"  # from outside the site's networks
-    assert named(svid_age=1.9, serial_multi_source=1.0, source_new=2.0) == "serial_multi_source"  # and a copy
-    assert named(svid_age=1.9) == "svid_age"
+    name, surprise = _named(stage, quiet, svid_age=1.9, source_new=2.0)
+    assert name == "source_new" and surprise[age] > surprise[source]  # from outside the site's networks
+    assert _named(stage, quiet, svid_age=1.9, serial_multi_source=1.0, source_new=2.0)[0] == "serial_multi_source"
+    assert _named(stage, quiet, svid_age=1.9)[0] == "svid_age"
 
 
 def test_ids_over_hours_in_calls_of_a_new_method_or_hour_are_named_by_the_method_or_hour(
@@ -183,24 +175,17 @@ def test_ids_over_hours_in_calls_of_a_new_method_or_hour_are_named_by_the_method
     """A dozen DELETEs, or a night session, on a quiet edge are many distinct ids for its 1-2 hour window: the
     method or the hour is named, not `ids_long`; a walk still explains ids at any hour, and ids over hours that rose
     in ordinary calls are named themselves."""
-    stage = scorer(site_model)
-    t = steady(stage)
-    call, caller = parsed(FRONTEND, "/products/7", at=t)
-    quiet = stage.state.features(facts_from_call(call, caller, call.path, t), site_model.baseline)
+    stage, quiet = _quiet_row(site_model)
     ids_long = FEATURE_NAMES.index("ids_long")
-
-    def named(**values: float) -> str:
-        row = list(quiet)
-        for name, value in values.items():
-            row[FEATURE_NAMES.index(name)] = value
-        _, surprise = site_model.score(row)
-        assert max(surprise) == surprise[ids_long] >= site_model.alarm_surprise  # the ids alone would be named
-        return stage._factors(surprise, row)[0].name
-
-    assert named(ids_long=12.0, method_unusual=3.0) == "method_unusual"
-    assert named(ids_long=12.0, hour_unusual=3.0) == "hour_unusual"
-    assert named(ids_long=12.0, hour_unusual=3.0, id_walk=0.2) == "id_walk"  # an enumeration at night
-    assert named(ids_long=12.0) == "ids_long"
+    for values, expected in (
+        ({"method_unusual": 3.0}, "method_unusual"),
+        ({"hour_unusual": 3.0}, "hour_unusual"),
+        ({"hour_unusual": 3.0, "id_walk": 0.2}, "id_walk"),  # an enumeration at night
+        ({}, "ids_long"),
+    ):
+        name, surprise = _named(stage, quiet, ids_long=12.0, **values)
+        assert max(surprise) == surprise[ids_long]  # the ids alone would be named
+        assert name == expected, values
 
 
 def _capped_from(model: AnomalyModel, feature: str) -> float:
