@@ -97,6 +97,17 @@ _H2_REQUESTS = re.compile(
 _H2_STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
 
 
+def _h2load_tail(
+    command: list[str], rps_per_client: float | None, headers: Sequence[str], cpus: str | None
+) -> list[str]:
+    """An h2load command with its arrival rate, extra headers and CPU pinning."""
+    if rps_per_client:
+        command = [*command, f"--rps={rps_per_client:g}"]
+    for header in headers:
+        command = [*command, "-H", header]
+    return ["taskset", "-c", cpus, *command] if cpus else command
+
+
 def h2load_grpc(
     url: str,
     body: Path,
@@ -122,12 +133,7 @@ def h2load_grpc(
             "-H", "content-type: application/grpc", "-H", "te: trailers",
             "-D", f"{round(seconds * 1000)}ms", "--warm-up-time", f"{round(warmup_s * 1000)}ms", f"--log-file={log}",
         ]  # fmt: skip
-        if rps_per_client:
-            command += [f"--rps={rps_per_client:g}"]
-        for header in extra_headers:
-            command += ["-H", header]
-        if cpus:
-            command = ["taskset", "-c", cpus, *command]
+        command = _h2load_tail(command, rps_per_client, extra_headers, cpus)
         finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup_s + 60)
         output = finished.stdout + finished.stderr
         if finished.returncode != 0:
@@ -188,12 +194,7 @@ def h2load_requests(
         log = Path(tmp) / "requests.tsv"
         command = ["h2load", url, "-c", str(clients), "-m", str(streams), "-t", "1",
                    "-D", f"{round(seconds * 1000)}ms", f"--log-file={log}"]  # fmt: skip
-        if rps_per_client:
-            command += [f"--rps={rps_per_client:g}"]
-        for header in headers:
-            command += ["-H", header]
-        if cpus:
-            command = ["taskset", "-c", cpus, *command]
+        command = _h2load_tail(command, rps_per_client, headers, cpus)
         finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
         if finished.returncode != 0:
             raise RuntimeError(f"h2load failed ({finished.returncode}):\n{(finished.stdout + finished.stderr)[-3000:]}")
