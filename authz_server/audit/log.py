@@ -7,6 +7,11 @@ feeds it to the observers (metrics) and writes it out in one batch. When the
 queue is full the line is dropped and counted: a slow disk or a blocked stdout
 pipe costs log lines, never a blocked call. `close` drains the queue and
 stops the thread, so a graceful shutdown loses nothing.
+
+A transport that answers on an event loop calls `encode_queued` once its answers are written: the lines are
+serialised (and the observers fed) there, between reads, and the writer thread is left only the writes, during
+which it does not hold the GIL. Serialising on the writer thread took the GIL from the loop at every point the loop
+let it go (each socket write, each onnxruntime run) for up to a batch, ~2 ms, and each handover costs both threads.
 """
 
 from __future__ import annotations
@@ -98,6 +103,9 @@ class DecisionLog:
         self._write_failures = 0
         self._written = 0
         self._decisions = 0
+        self._encoded: collections.deque[tuple[bytes, int]] = collections.deque()
+        """Batches serialised by `encode_queued` (their lines, how many), waiting for the writer."""
+        self._encoded_elsewhere = False
         self._shed_reader: Callable[[], Mapping[str, int]] | None = None
         self._shed_seen: dict[str, int] = {}
         self._shed_since = time.time()
@@ -138,6 +146,20 @@ class DecisionLog:
             return
         self._queue.append((call, decision, timings, decided_at, line, weight))
 
+    def encode_queued(self) -> None:
+        """Serialise what is queued on this thread (the event loop's, once its answers are written) and feed the
+        observers; the writer thread then only writes. From the first call on, only this thread serialises."""
+        self._encoded_elsewhere = True
+        while self._queue:
+            lines, taken = self._encode_batch()
+            if lines:
+                chunk = b"\n".join(lines) + b"\n"
+                with self._bytes_lock:
+                    self._queued_bytes += len(chunk)
+                self._encoded.append((chunk, len(lines)))
+            if not taken:
+                return
+
     # --- lifecycle --------------------------------------------------------------
 
     def add_observer(self, observer: DecisionObserver) -> None:
@@ -172,7 +194,7 @@ class DecisionLog:
         if thread is not None:
             thread.join(timeout_s)
             if thread.is_alive():
-                left = len(self._queue)
+                left = self.queued
                 with self._counts_lock:
                     self._dropped += left
                 log.error("decision log: writer did not finish within %.1fs; %d lines lost", timeout_s, left)
@@ -211,7 +233,8 @@ class DecisionLog:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Decisions not yet written: queued, or serialised and waiting for the writer."""
+        return len(self._queue) + sum(lines for _, lines in list(self._encoded))
 
     # --- writer thread ----------------------------------------------------------------
 
@@ -219,13 +242,23 @@ class DecisionLog:
         interval = self.config.flush_interval_ms / 1000.0
         while True:
             stopping = self._stop.wait(interval)
-            while self._queue:
+            while self._encoded:
+                self._write_encoded()
+            # Once the loop serialises, it alone does while serving; at close it has stopped and nothing is left
+            # behind.
+            while self._queue and (stopping or not self._encoded_elsewhere):
                 self._drain_batch()
                 if self._queue and not stopping:
                     time.sleep(_YIELD_S)
             self._write_shed()
             if stopping:
                 return
+
+    def _write_encoded(self) -> None:
+        chunk, lines = self._encoded.popleft()
+        self._write(chunk, lines)
+        with self._bytes_lock:
+            self._queued_bytes -= len(chunk)
 
     def _write_shed(self) -> None:
         if self._shed_reader is None or self.config.decisions == "off":
@@ -246,6 +279,12 @@ class DecisionLog:
             log.error("decision log: writing a shed line to %s failed: %s", self.config.decisions, exc)
 
     def _drain_batch(self) -> None:
+        lines, _ = self._encode_batch()
+        if lines:
+            self._write(b"\n".join(lines) + b"\n", len(lines))
+
+    def _encode_batch(self) -> tuple[list[bytes], int]:
+        """Take up to _BATCH queued decisions, feed them to the observers and serialise them: (lines, taken)."""
         queue = self._queue
         writing = self.config.decisions != "off"
         lines: list[bytes] = []
@@ -274,13 +313,14 @@ class DecisionLog:
         self._decisions += taken
         with self._bytes_lock:
             self._queued_bytes -= released
-        if not lines:
-            return
+        return lines, taken
+
+    def _write(self, data: bytes, lines: int) -> None:
         assert self._destination is not None
         try:
-            self._destination.write(b"\n".join(lines) + b"\n")
+            self._destination.write(data)
         except (OSError, ValueError) as exc:
-            self._write_failures += len(lines)
-            log.error("decision log: writing %d lines to %s failed: %s", len(lines), self.config.decisions, exc)
+            self._write_failures += lines
+            log.error("decision log: writing %d lines to %s failed: %s", lines, self.config.decisions, exc)
         else:
-            self._written += len(lines)
+            self._written += lines

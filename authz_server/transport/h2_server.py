@@ -265,8 +265,11 @@ class H2Server:
         max_open: int,
         max_streams: int = MAX_CONCURRENT_STREAMS,
         admission: Admission | None = None,
+        after_answers: Callable[[], None] | None = None,
     ) -> None:
         self.checks = checks
+        self.after_answers = after_answers
+        """Run once the answers to a read's Checks are written (the decision log serialises its lines there)."""
         self.admission = admission
         """Sheds a Check on arrival when the calls ahead of it cannot be decided in time (None: count only)."""
         self.health = HealthStatus(("", AUTHORIZATION_SERVICE))
@@ -421,9 +424,12 @@ class _Connection(asyncio.Protocol):
             self._flush()
             self.close()
             return
-        if self._ready:
+        answered = bool(self._ready)
+        if answered:
             self._answer_checks()
         self._flush()
+        if answered and self.server.after_answers is not None:
+            self.server.after_answers()
         if self._closing and not self.busy():
             self.close()
 

@@ -245,6 +245,7 @@ class ServerProcess:
             admission.max_in_flight + admission.max_queued,
             admission.max_streams_per_connection,
             self.admission,
+            after_answers=self.sink.encode_queued,
         )
         self.port = await server.listen(self.config.listen)
         await self._serve_until_stopped(HealthReporter(server.health), server.drain)
