@@ -1,6 +1,6 @@
 """CPU per decision of the whole pipeline as `serve` wires it, without a transport, and what the model run costs in it.
 
-    .venv/bin/python -m benchmarks.pipeline_cpu [--calls 5000] [--rounds 3] [--batch N] [--tree DIR] [--no-model-run]
+    .venv/bin/python -m benchmarks.pipeline_cpu [--calls N] [--batch N] [--encode-here] [--tree DIR] [--no-model-run]
 
 `serve`'s own pieces decide the benchmark workload's envoy mix (no identity failures, as through Envoy): the
 request bytes are admitted and decoded as a transport hands them over (`decide_admitted`), then identity, policy,
@@ -13,7 +13,9 @@ trees in alternating runs all the same (`--tree`: decide with another checkout's
 `git worktree` of main).
 
 `--batch N` hands the calls over N at a time, as the h2 transport hands over the Checks one read completed
-(`decide_admitted_many`: one model run for each group of calls from distinct callers).
+(`decide_admitted_many`: one model run a round, round k holding every caller's k-th call). `--encode-here`
+serialises the decision log's lines on the deciding thread after each group, as the h2 transport does once a
+read's answers are written (`DecisionLog.encode_queued`); the writer thread then only writes.
 
 `--no-model-run` answers every risk score from one model run made at start instead of running onnxruntime per call
 (the outcomes are then wrong: for measuring only). A call's own run costs ~10 µs in a loop of nothing else; the
@@ -38,14 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=4000, help="distinct requests drawn from the workload")
     parser.add_argument("--tree", type=Path, default=None, help="decide with the authz_server of another checkout")
     parser.add_argument("--batch", type=int, default=1, help="calls handed over together")
+    parser.add_argument("--encode-here", action="store_true", help="serialise log lines on the deciding thread")
     parser.add_argument("--no-model-run", action="store_true", help="score from one model run made at start")
     args = parser.parse_args(argv)
     if args.tree is not None:
         sys.path.insert(0, str(args.tree.resolve()))  # before anything imports authz_server
     with tempfile.TemporaryDirectory(prefix="authz-pipeline-cpu-") as tmp:
         rounds = measure(
-            Path(tmp), args.calls, args.rounds, samples=args.samples, model_run=not args.no_model_run, batch=args.batch
-        )
+            Path(tmp), args.calls, args.rounds, samples=args.samples, model_run=not args.no_model_run, batch=args.batch,
+            encode_here=args.encode_here,
+        )  # fmt: skip
     for process_us, thread_us in rounds:
         print(f"round: process {process_us:6.1f} µs/call, deciding thread {thread_us:6.1f}")
     process_us, thread_us = sorted(rounds)[len(rounds) // 2]
@@ -55,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(
-    workdir: Path, calls: int, rounds: int, *, samples: int = 4000, model_run: bool = True, batch: int = 1
+    workdir: Path,
+    calls: int,
+    rounds: int,
+    *,
+    samples: int = 4000,
+    model_run: bool = True,
+    batch: int = 1,
+    encode_here: bool = False,
 ) -> list[tuple[float, float]]:
     """[(process CPU µs per call, deciding thread CPU µs per call)] for each round."""
     import gc
@@ -108,6 +119,8 @@ def measure(
             for k in range(0, calls, batch):
                 group = [(requests[(k + i) % len(requests)], 0.2, None) for i in range(batch)]
                 decide_admitted_many(authorizer, admission, group)
+                if encode_here:
+                    sink.encode_queued()
             thread1 = time.thread_time()
             _drained(sink)
             decided = -(-calls // batch) * batch

@@ -96,13 +96,15 @@ def calls(workspace: Workspace, count: int) -> list[external_auth_pb2.CheckReque
     return [kinds[i % len(kinds)] for i in range(count)]
 
 
+# sync: the writer thread feeds the metrics; h2: the event loop does, once a read's answers are written.
+@pytest.mark.parametrize("transport", ["sync", "h2"])
 def test_not_ready_while_loading_then_ready_then_metrics_after_a_run_of_calls(
-    workspace: Workspace, tmp_path: Path
+    workspace: Workspace, tmp_path: Path, transport: str
 ) -> None:
     metrics_port = free_port()
     config = workspace.server_config(
         listen=f"127.0.0.1:{free_port()}",
-        transport="sync",
+        transport=transport,
         metrics={"listen": f"127.0.0.1:{metrics_port}"},
         log={"decisions": "stdout"},
     )
