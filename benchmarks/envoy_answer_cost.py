@@ -75,6 +75,7 @@ ANSWERS = {
     "6 headers": answer(ALL),
     "6 metadata only": answer(metadata=ALL),
     "6 headers + 6 metadata (main)": answer(ALL, ALL),
+    "6 headers + 2 metadata (decision + id)": answer(ALL, [DECISION, DECISION_ID]),
     "bare + 6 removals": answer(remove=ALL),
 }
 
