@@ -1,16 +1,20 @@
 """What the sidecar Envoy spends on each part of a CheckResponse, read within one run.
 
-    .venv/bin/python -m benchmarks.envoy_answer_cost [--opa /tmp/opa_envoy] [--seconds 5 --repeats 3]
+    .venv/bin/python -m benchmarks.envoy_answer_cost [--opa /tmp/opa_envoy] [--rate 200] [--rounds 8]
 
-The Python floor (h2 transport) answers every Check with one fixed CheckResponse, a different one behind each
-sidecar: the bare OK, OPA-Envoy's answer for the same grant, and the annotations this server sets added a part
-at a time (headers on the upstream request, dynamic metadata, headers_to_remove). wrk drives the envoy mix
-through the same chain as `benchmarks.run --parts envoy` (client Envoy -> mTLS -> sidecar -> direct response),
-round-robin over the answers, and the table gives the sidecar's CPU per request next to the bare OK's. The real
-server (`authz h2 w1`, its default annotations) and OPA-Envoy (`--opa`) run in the same rounds for reference.
-
-Every floor answers the same bytes to every call (one decision id), so what the sidecar spends here is what the
-answer's shape costs it, not the server's: the server's CPU column is the transport's cost of the answer's size.
+Python floors (h2 transport) answer every Check with one fixed CheckResponse each: the bare OK, OPA-Envoy's
+answer for the same grant, and this server's annotations a part at a time (headers set on the upstream request,
+dynamic metadata, headers_to_remove), each floor behind its own chain (client Envoy -> mTLS -> sidecar -> direct
+response, as `benchmarks.run --parts envoy`). Three choices make differences of a few µs readable on a shared
+2-core machine:
+- a fixed rate per chain (h2load, one allowed GET of the mix): Envoy's CPU per request falls as its load rises
+  (more requests share each wake-up), so wrk's closed loop would charge a slower server's answers more;
+- every chain driven at once in each round, and the difference to the bare OK taken within the round;
+- the answers rotate over the floors from round to round (the floor re-reads its answer file on SIGHUP), so a
+  chain that happens to cost more weighs on every answer alike.
+CPU comes from the scheduler's nanosecond counters. The real server (`authz h2 w1`) and OPA-Envoy (`--opa`)
+run in the same rounds for reference (not rotated). `--wrk N` and `--one-at-a-time` give the closed loop and
+the sequential order instead.
 """
 
 from __future__ import annotations
