@@ -558,7 +558,7 @@ def test_h2_answers_a_client_with_its_own_settings(tmp_path: Path, settings: dic
 
 
 def test_h2_answers_wait_for_a_client_that_does_not_take_them(tmp_path: Path) -> None:
-    # 150 answers, ~90 KB: past the 64 KiB the client's connection window lets the server send until the client
+    # 300 answers, ~90 KB: past the 64 KiB the client's connection window lets the server send until the client
     # hands it back. More would be a flow-control error (h2 on the client's side raises it).
     with _serve(tmp_path, "h2") as running:
         body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
@@ -567,14 +567,17 @@ def test_h2_answers_wait_for_a_client_that_does_not_take_them(tmp_path: Path) ->
             client.read_until(h2.events.RemoteSettingsChanged)
             calls: list[int] = []
             got: dict[int, Answer] = {}
-            for _ in range(5):
+            for _ in range(10):
                 for _ in range(30):
                     calls.append(client.open(flush=False))
                     client.h2.send_data(calls[-1], body, end_stream=True)
                 client.flush()
                 _answers(client, calls, got, read=False)
-            held = sum(len(got[stream_id][1]) for stream_id in calls if stream_id in got)
-            assert 60_000 < held <= 65_535
+            deadline = time.monotonic() + 30  # a busy machine answers 300 calls in more than one idle gap
+            while (held := sum(len(got[stream_id][1]) for stream_id in calls if stream_id in got)) <= 60_000:
+                assert time.monotonic() < deadline, held
+                _answers(client, calls, got, read=False)
+            assert held <= 65_535
             assert sum(1 for stream_id in calls if stream_id in got and got[stream_id][2]) < len(calls)
             for stream_id in calls:
                 if stream_id in got and got[stream_id][1]:
