@@ -3,7 +3,9 @@
 Allowed calls carry annotations for the upstream, set with overwrite
 semantics, and every other `x-authz-*` header the client sent is removed so an
 upstream can trust what it sees. Denied calls get a small JSON body that names
-the reason code and decision id and nothing of the policy behind them.
+the reason code and decision id and nothing of the policy behind them. The
+decision, its reason and its id also travel as the ext_authz filter's dynamic
+metadata, for Envoy's access log (METADATA).
 
 The response is encoded straight to protobuf wire bytes (field numbers from
 proto/envoy/service/auth/v3/external_auth.proto): building it through the
@@ -34,6 +36,13 @@ POLICY = "x-authz-policy"
 RISK = "x-authz-risk"
 RISK_FACTORS = "x-authz-risk-factors"
 DECISION_ID = "x-authz-decision-id"
+
+METADATA = frozenset((DECISION, REASON, DECISION_ID))
+"""The annotations that are also dynamic metadata (`decision`, `reason`, `decision_id`): what an access log prints
+for every call, a denied one included (the rendered bootstrap's format prints these three). The others are on the
+request Envoy forwards, where an access log reads them too (`%REQ(x-authz-source)%`). Sending them twice cost the
+sidecar Envoy ~10 µs a request, 4% of its CPU per request (benchmarks/RESULTS.md, "What Envoy spends on the
+answer")."""
 
 # google.rpc.Code values Envoy reads from CheckResponse.status.
 GRPC_OK = 0
@@ -95,10 +104,10 @@ def _metadata_name(header: str) -> str:
 
 
 def _entries(values: Iterable[tuple[str, str]]) -> tuple[bytes, bytes]:
-    """(header entries, dynamic metadata entries) for some annotations, in order."""
+    """(header entries, dynamic metadata entries of those in METADATA) for some annotations, in order."""
     pairs = list(values)
     headers = b"".join(_header_entry(key, value) for key, value in pairs)
-    metadata = b"".join(_metadata_entry(_metadata_name(key), value) for key, value in pairs)
+    metadata = b"".join(_metadata_entry(_metadata_name(key), value) for key, value in pairs if key in METADATA)
     return headers, metadata
 
 
@@ -114,7 +123,7 @@ def _shows_factors(risk: RiskOutcome) -> bool:
 
 
 def annotation_values(decision: Decision) -> dict[str, str]:
-    """The x-authz-* values describing a decision (also what dynamic metadata carries)."""
+    """The x-authz-* values describing a decision (those in METADATA are dynamic metadata too)."""
     values = {DECISION: decision.verdict.value, DECISION_ID: decision.decision_id}
     if decision.verdict is Verdict.DENY:
         values[REASON] = decision.reason
@@ -182,14 +191,16 @@ class _Annotation:
 
     def __init__(self, header: str) -> None:
         self.header_key = _string_field(1, header)
-        self.metadata_key = _string_field(1, _metadata_name(header))
+        self.metadata_key = _string_field(1, _metadata_name(header)) if header in METADATA else None
 
     def entries(self, text: str) -> tuple[bytes, bytes]:
-        """The same as (_header_entry, _metadata_entry) of this header, in a few concatenations."""
+        """The same as _entries([(this header, text)]), in a few concatenations."""
         value = text.encode()
         size = _varint(len(value))
         header = self.header_key + b"\x12" + size + value  # HeaderValue.value is field 2
         option = b"\x0a" + _varint(len(header)) + header + _OVERWRITE
+        if self.metadata_key is None:
+            return b"\x12" + _varint(len(option)) + option, b""
         struct_value = b"\x1a" + size + value  # Value.string_value is field 3
         entry = self.metadata_key + b"\x12" + _varint(len(struct_value)) + struct_value
         return b"\x12" + _varint(len(option)) + option, b"\x0a" + _varint(len(entry)) + entry
@@ -200,8 +211,8 @@ _RISK_FACTORS = _Annotation(RISK_FACTORS)
 
 
 @lru_cache(maxsize=2048)
-def _risk_entries(value: str) -> tuple[bytes, bytes]:
-    return _header_entry(RISK, value), _metadata_entry("risk", value)
+def _risk_header(value: str) -> bytes:
+    return _header_entry(RISK, value)
 
 
 def _removals(request_headers: Iterable[str], values: frozenset[str]) -> bytes:
@@ -261,13 +272,9 @@ def build_response(decision: Decision, request_headers: Iterable[str]) -> bytes:
     values = fixed.values
     risk = decision.risk
     if risk is not None:
-        risk_header, risk_metadata = _risk_entries(risk.header_value)
-        headers += risk_header
-        metadata += risk_metadata
+        headers += _risk_header(risk.header_value)
         if _shows_factors(risk):
-            factors_header, factors_metadata = _RISK_FACTORS.entries(_risk_factors_value(risk.factors))
-            headers += factors_header
-            metadata += factors_metadata
+            headers += _RISK_FACTORS.entries(_risk_factors_value(risk.factors))[0]
             values = values | _RISK_BOTH
         else:
             values = values | _RISK_ONLY

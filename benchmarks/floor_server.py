@@ -1,11 +1,14 @@
 """The Python floor: an ext_authz server that allows everything without looking at the request.
 
-    .venv/bin/python -m benchmarks.floor_server --listen 127.0.0.1:9301 [--transport aio|sync|h2]
+    .venv/bin/python -m benchmarks.floor_server --listen 127.0.0.1:9301 [--transport aio|sync|h2] [--answer FILE]
 
 It pays exactly what any Python gRPC hop pays (HTTP/2, the request's
 protobuf deserialization, the reply) and nothing else, so the distance between
 it and the real server is the cost of deciding. Same transports, server
 options, method registration and event loop as authz_server/transport/.
+`--answer FILE` replies with that file's serialized CheckResponse instead of the bare OK (read again on SIGHUP),
+so what Envoy spends on each part of an answer can be measured with nothing else changing
+(benchmarks/envoy_answer_cost.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import signal
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 
@@ -28,9 +32,22 @@ ALLOW = external_auth_pb2.CheckResponse(
 ).SerializeToString()
 
 
-def serve_sync(listen: str, threads: int) -> None:
+class Answer:
+    """What every Check gets: the bare OK, or a file's CheckResponse, read again by `reload` (SIGHUP)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.reply = ALLOW
+        self.reload()
+
+    def reload(self) -> None:
+        if self.path is not None:
+            self.reply = self.path.read_bytes()
+
+
+def serve_sync(listen: str, threads: int, answer: Answer) -> None:
     def check(request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext) -> bytes:
-        return ALLOW
+        return answer.reply
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=SERVER_OPTIONS)
     add_check_method(server, check)
@@ -38,15 +55,16 @@ def serve_sync(listen: str, threads: int) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: answer.reload())
     server.start()
     print("serving", flush=True)
     stop.wait()
     server.stop(1).wait()
 
 
-async def serve_aio(listen: str) -> None:
+async def serve_aio(listen: str, answer: Answer) -> None:
     async def check(request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> bytes:
-        return ALLOW
+        return answer.reply
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     add_check_method(server, check)
@@ -55,19 +73,21 @@ async def serve_aio(listen: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, answer.reload)
     await server.start()
     print("serving", flush=True)
     await stop.wait()
     await server.stop(1)
 
 
-async def serve_h2(listen: str) -> None:
-    server = H2Server(lambda calls: [ALLOW] * len(calls), max_open=1024)
+async def serve_h2(listen: str, answer: Answer) -> None:
+    server = H2Server(lambda calls: [answer.reply] * len(calls), max_open=1024)
     await server.listen(listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, answer.reload)
     print("serving", flush=True)
     await stop.wait()
     await server.drain(1)
@@ -78,12 +98,14 @@ def main() -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--transport", choices=("aio", "sync", "h2"), default="aio")
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--answer", type=Path, default=None, help="a serialized CheckResponse to answer with")
     args = parser.parse_args()
+    answer = Answer(args.answer)
     if args.transport in ("aio", "h2"):
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve_aio(args.listen) if args.transport == "aio" else serve_h2(args.listen))
+            runner.run(serve_aio(args.listen, answer) if args.transport == "aio" else serve_h2(args.listen, answer))
     else:
-        serve_sync(args.listen, args.threads)
+        serve_sync(args.listen, args.threads, answer)
 
 
 if __name__ == "__main__":

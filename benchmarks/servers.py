@@ -183,7 +183,10 @@ class ServerGroup:
         self.stop()
 
 
-def floor_server(workdir: Path, transport: str, workers: int = 1, cpus: str | None = None) -> ServerGroup:
+def floor_server(
+    workdir: Path, transport: str, workers: int = 1, cpus: str | None = None, answer: Path | None = None
+) -> ServerGroup:
+    """The Python floor; `answer` names a file holding the serialized CheckResponse it replies with (default: OK)."""
     port = free_port()
     command = [
         sys.executable,
@@ -194,6 +197,8 @@ def floor_server(workdir: Path, transport: str, workers: int = 1, cpus: str | No
         "--transport",
         transport,
     ]
+    if answer is not None:
+        command += ["--answer", str(answer)]
     return ServerGroup(f"floor-{transport}", [pinned(command, cpus)] * workers, workdir, port, workers)
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from benchmarks.envoy_answer_cost import ANSWERS
 from benchmarks.envoy_chain import Chain, ChainSpec, start_chain
 from benchmarks.loadgen import grpc_body_file, h2load_grpc, wrk, wrk_script
 from benchmarks.opa_peer import opa_server
@@ -46,6 +49,22 @@ def test_h2load_drives_grpc_checks_at_the_floor_server(workload: Workload, tmp_p
         assert server.peak_rss_bytes() > 10 * 2**20
     assert result.requests > 50 and result.errors == 0
     assert 0 < result.latency_us["p50"] <= result.latency_us["p99.9"]
+
+
+def test_the_floor_answers_its_file_and_switches_on_sighup(workload: Workload, tmp_path: Path) -> None:
+    # benchmarks/envoy_answer_cost.py rotates the answers over the floors with this between rounds.
+    probe = workload.samples(1, kinds=[Kind.ALLOWED])[0].serialized
+    answer_file = tmp_path / "answer.bin"
+    answer_file.write_bytes(ANSWERS["6 headers + 6 metadata (main)"])
+    with floor_server(tmp_path, "h2", answer=answer_file).start(probe) as server:
+        assert probe_check(server.port, probe) == ANSWERS["6 headers + 6 metadata (main)"]
+        answer_file.write_bytes(ANSWERS["bare OK"])
+        server.processes[0].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while probe_check(server.port, probe) != ANSWERS["bare OK"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert check_response_ok(probe_check(server.port, probe))
 
 
 def _assert_statuses(chain: Chain, allowed: list[Sample], denied: list[Sample]) -> None:

@@ -510,3 +510,129 @@ def test_h2_a_reflection_stream_whose_answers_are_not_read_is_ended(tmp_path: Pa
             client.close()
         answers, _ = _reflection_answers(running.port)
         assert len(answers) == len(_QUESTIONS)
+
+
+Answer = tuple[dict[bytes, bytes], bytearray, dict[bytes, bytes]]
+
+
+def _answers(
+    client: RawClient, stream_ids: list[int], got: dict[int, Answer] | None = None, read: bool = True
+) -> dict[int, Answer]:
+    """(response headers, body, trailers) of each stream once all have ended. `read`: hand the server back the
+    window its answers use as they arrive; without it, return what arrived once the server stops sending."""
+    got = {} if got is None else got
+    deadline = time.monotonic() + 30
+    client.sock.settimeout(10 if read else 0.5)
+    while not all(stream_id in got and got[stream_id][2] for stream_id in stream_ids):
+        assert time.monotonic() < deadline, f"answered {sum(1 for a in got.values() if a[2])} of {len(stream_ids)}"
+        try:
+            data = client.sock.recv(65536)
+        except TimeoutError:
+            if read:
+                raise
+            break
+        assert data, "the server closed the connection"
+        for event in client.h2.receive_data(data):
+            stream_id = getattr(event, "stream_id", 0)
+            headers, body, trailers = got.setdefault(stream_id, ({}, bytearray(), {}))
+            if isinstance(event, h2.events.ResponseReceived):
+                headers.update(dict(event.headers or ()))
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data or b""
+                if read:
+                    client.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            elif isinstance(event, h2.events.TrailersReceived):
+                trailers.update(dict(event.headers or ()))
+        client.flush()
+    client.sock.settimeout(10)
+    return got
+
+
+def _assert_allowed(answer: Answer) -> None:
+    headers, body, trailers = answer
+    assert headers == {b":status": b"200", b"content-type": b"application/grpc"}
+    assert trailers == {b"grpc-status": b"0"}
+    assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5, len(body)
+    assert external_auth_pb2.CheckResponse.FromString(body[5:]).status.code == 0
+
+
+def test_h2_answers_thousands_of_calls_on_one_connection(tmp_path: Path) -> None:
+    # More calls than the streams the server lets a connection hold at once (1024) and answers past the 64 KiB
+    # windows a client opens with: every answered stream must be closed and its bytes counted against the
+    # windows, or the server refuses a later stream or sends past the window (the connection would end).
+    with _serve(tmp_path, "h2") as running:
+        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
+        client = RawClient(running.port)
+        try:
+            client.read_until(h2.events.RemoteSettingsChanged)
+            for _ in range(60):
+                batch = []
+                for _ in range(30):  # ~30 KB of requests: within what the server's window lets a client send
+                    stream_id = client.open(flush=False)
+                    client.h2.send_data(stream_id, body, end_stream=True)
+                    batch.append(stream_id)
+                client.flush()
+                answers = _answers(client, batch)
+                for stream_id in batch:
+                    _assert_allowed(answers[stream_id])
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 40}, id="a 40-byte stream window"),
+        pytest.param({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0}, id="no HPACK dynamic table"),
+    ],
+)
+def test_h2_answers_a_client_with_its_own_settings(tmp_path: Path, settings: dict[int, int]) -> None:
+    # A window smaller than the answer: the answer comes in pieces as the client opens it. A header table the client
+    # shrinks: the server's next header block must say so first and refer to nothing the client dropped.
+    with _serve(tmp_path, "h2") as running:
+        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
+        client = RawClient(running.port)
+        try:
+            client.h2.update_settings(settings)
+            client.flush()
+            client.read_until(h2.events.SettingsAcknowledged)
+            for _ in range(3):
+                stream_id = client.open(flush=False)
+                client.h2.send_data(stream_id, body, end_stream=True)
+                client.flush()
+                _assert_allowed(_answers(client, [stream_id])[stream_id])
+        finally:
+            client.close()
+
+
+def test_h2_answers_wait_for_a_client_that_does_not_take_them(tmp_path: Path) -> None:
+    # 300 answers, ~90 KB: past the 64 KiB the client's connection window lets the server send until the client
+    # hands it back. More would be a flow-control error (h2 on the client's side raises it).
+    with _serve(tmp_path, "h2") as running:
+        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
+        client = RawClient(running.port)
+        try:
+            client.read_until(h2.events.RemoteSettingsChanged)
+            calls: list[int] = []
+            got: dict[int, Answer] = {}
+            for _ in range(10):
+                for _ in range(30):
+                    calls.append(client.open(flush=False))
+                    client.h2.send_data(calls[-1], body, end_stream=True)
+                client.flush()
+                _answers(client, calls, got, read=False)
+            deadline = time.monotonic() + 30  # a busy machine answers 300 calls in more than one idle gap
+            while (held := sum(len(got[stream_id][1]) for stream_id in calls if stream_id in got)) <= 60_000:
+                assert time.monotonic() < deadline, held
+                _answers(client, calls, got, read=False)
+            assert held <= 65_535
+            assert sum(1 for stream_id in calls if stream_id in got and got[stream_id][2]) < len(calls)
+            for stream_id in calls:
+                if stream_id in got and got[stream_id][1]:
+                    client.h2.acknowledge_received_data(len(got[stream_id][1]), stream_id)
+            client.flush()
+            _answers(client, calls, got)
+            for stream_id in calls:
+                _assert_allowed(got[stream_id])
+        finally:
+            client.close()

@@ -16,7 +16,7 @@ from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.decision import Decision, decide
 from authz_server.identity.result import Identity, IdentityFailure, IdentityReason, Proof
 from authz_server.policy.outcome import Mode, PolicyOutcome, PolicyReason
-from authz_server.response import annotation_values, build_response
+from authz_server.response import METADATA, annotation_values, build_response
 from authz_server.risk.outcome import RiskAction, RiskFactor, RiskOutcome, RiskStatus
 
 
@@ -74,7 +74,8 @@ def test_every_response_carries_exactly_its_own_decisions_values_in_headers_and_
             if not decision.verdict.lets_through:
                 expected_headers["content-type"] = "application/json"
             assert headers == expected_headers, decision.decision_id
-            assert metadata == {k.removeprefix("x-authz-").replace("-", "_"): v for k, v in values.items()}
+            carried = {k: v for k, v in values.items() if k in METADATA}  # decision, reason, decision id
+            assert metadata == {k.removeprefix("x-authz-").replace("-", "_"): v for k, v in carried.items()}
             if decision.verdict.lets_through:
                 assert response.status.code == 0
                 assert response.ok_response.headers[0].header.key == "x-authz-decision"

@@ -7,6 +7,7 @@ and forwards allowed calls to an upstream that echoes the headers it received.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,6 +107,20 @@ def test_a_denied_call_gets_status_reason_and_decision_id_and_never_reaches_the_
     logged = mesh.logged(body["decision_id"])
     assert logged["source"]["spiffe_id"] == FRONTEND
     assert logged["http_status"] == 403
+
+
+def test_envoys_access_log_prints_each_calls_decision_reason_and_id(mesh: LocalMesh) -> None:
+    # The three annotations that travel as the filter's dynamic metadata, for allowed and denied calls alike.
+    allowed = mesh.call(CHECKOUT, "GET", "/v1/charges/ch_2").upstream_headers["x-authz-decision-id"]
+    denied = mesh.call(FRONTEND, "GET", "/v1/charges/ch_2").json["decision_id"]
+    expected = [f"decision=allow reason=- decision_id={allowed}", f"decision=deny reason=no-matching-rule "
+                f"decision_id={denied}"]  # fmt: skip
+    assert mesh.envoy is not None
+    log = mesh.envoy.log_path
+    deadline = time.monotonic() + 15  # Envoy flushes its stdout access log every second
+    while not all(line in log.read_text() for line in expected):
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
 
 
 def test_a_wrong_method_on_a_granted_path_is_denied(mesh: LocalMesh) -> None:
