@@ -255,7 +255,12 @@ def offer(port: int, body: Path, rate: float, seconds: float, cpus: str | None, 
         cpus=cpus,
         extra_headers=(f"grpc-timeout: {GRPC_TIMEOUT}",),
     )
-    return {"answered": result.requests, "errors": result.errors, "seconds": result.seconds}
+    return {
+        "answered": result.requests,
+        "errors": result.errors,
+        "seconds": result.seconds,
+        "latency_us": result.latency_us,
+    }
 
 
 @dataclass
@@ -322,6 +327,7 @@ class Subject:
             "late": int(after["late"] - before["late"]),
             "shed_503": int(after["shed"] - before["shed"]),
             "answered_by_h2load": load["answered"],
+            "h2load_latency_ms": {k: round(v / 1000, 1) for k, v in load["latency_us"].items()},
             "p99_decided_ms": round(p99_ms(during), 2),
             "p50_decided_ms": round(
                 percentile(sorted(c.latency_s for c in during if c.outcome == "decided"), 50.0) * 1000, 2
