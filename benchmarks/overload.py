@@ -9,7 +9,9 @@ with `grpc-timeout: 250m` on every call, as Envoy sends its ext_authz timeout. F
   per second, over the capacity;
 - p99 latency of decided calls, from a probe: a separate client sending one call every 20 ms (with the same
   250 ms deadline) beside the load, which sees each answer and can tell a decision from a shed;
-- recovery: once the load stops, how long until the probe's calls are decided again within 5x the unloaded p99.
+- recovery: once the load stops, how long until the probe's calls are decided again within 5x the unloaded p99;
+- in the JSON rows, h2load's own latency percentiles over every answer it got (decided, shed or refused): the wait
+  in the socket before the server reads a call, which the server's counts cannot see.
 
 The unloaded p99 is the probe's alone, measured before each level's capacity run; the table's ratios use the lowest
 of the run for that configuration, recovery the lowest seen so far (neighbours only ever add latency). The server

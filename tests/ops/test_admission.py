@@ -5,7 +5,8 @@ decision time gets the documented 503 `overloaded` CheckResponse without being d
 `kind: shed` line, `authz_shed_total`); calls beyond the in-flight and queue bounds are refused by gRPC itself
 (RESOURCE_EXHAUSTED past `max_in_flight`, a reset stream, CANCELLED, past `max_queued`), which Envoy turns into
 `status_on_error`, and every other call is still decided; h2 refuses on arrival (REFUSED_STREAM, counted as shed
-for `queue`) a call the calls ahead of it would keep waiting past `max_wait_ms`. None of this may refuse the 64
+for `queue`) a call the calls ahead of it would keep waiting past `max_wait_ms`, and, after a turn of its event loop
+read more Checks than the process may hold, past `overload_wait_ms` for a while. None of this may refuse the 64
 Checks a busy sidecar keeps outstanding.
 """
 
@@ -292,10 +293,13 @@ def test_health_checks_on_the_serving_port_are_answered_while_checks_are_refused
 
 
 def test_admission_bounds_are_validated() -> None:
-    problems = AdmissionConfig(max_in_flight=0, max_queued=-1, max_wait_ms=-1, reserve_ms=-1).validate()
+    problems = AdmissionConfig(
+        max_in_flight=0, max_queued=-1, max_wait_ms=-1, overload_wait_ms=-1, reserve_ms=-1
+    ).validate()
     assert problems == [
         "max_in_flight: must be >= 1, got 0",
         "max_queued: must be >= 0, got -1",
         "max_wait_ms: must be >= 0, got -1",
+        "overload_wait_ms: must be >= 0, got -1",
         "reserve_ms: must be >= 0, got -1",
     ]
