@@ -7,7 +7,7 @@ from the h2 and grpc.aio transports (on the event loop) and from grpcio's thread
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from authz_server.risk.outcome import RiskOutcome
 
 StageT = TypeVar("StageT", covariant=True)
+
+RiskCall = tuple["Call", "Identity", "PolicyOutcome", float, float]
+"""What the risk stage assesses: the call, its verified caller, what policy granted, the time, the budget (s)."""
 
 
 class IdentityStage(Protocol):
@@ -48,6 +51,10 @@ class RiskStage(Protocol):
 
     def assess(self, call: Call, identity: Identity, policy: PolicyOutcome, now: float, budget_s: float) -> RiskOutcome:
         """Score the call and map the score to an action, within `budget_s` seconds."""
+        ...
+
+    def assess_many(self, calls: Sequence[RiskCall]) -> list[RiskOutcome]:
+        """`assess` each of (call, identity, policy, now, budget_s), in order, sharing what scoring can share."""
         ...
 
     def observe(self, call: Call, identity: Identity, policy: PolicyOutcome, risk: RiskOutcome, now: float) -> None:

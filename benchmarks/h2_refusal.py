@@ -66,7 +66,7 @@ def client_bytes(calls: int) -> tuple[bytes, list[bytes]]:
 
 
 def per_call_us(admission: AdmissionConfig, preface: bytes, calls: list[bytes]) -> float:
-    server = H2Server(lambda data, remaining, metadata: b"", max_open=10**6, admission=Admission(admission))
+    server = H2Server(lambda calls: [b""] * len(calls), max_open=10**6, admission=Admission(admission))
     connection = _Connection(server)
     connection.connection_made(_Sink())  # type: ignore[arg-type]
     connection.data_received(preface)

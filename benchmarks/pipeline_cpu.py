@@ -1,6 +1,6 @@
 """CPU per decision of the whole pipeline as `serve` wires it, without a transport, and what the model run costs in it.
 
-    .venv/bin/python -m benchmarks.pipeline_cpu [--calls 5000] [--rounds 3] [--tree CHECKOUT] [--no-model-run]
+    .venv/bin/python -m benchmarks.pipeline_cpu [--calls 5000] [--rounds 3] [--batch N] [--tree DIR] [--no-model-run]
 
 `serve`'s own pieces decide the benchmark workload's envoy mix (no identity failures, as through Envoy): the
 request bytes are admitted and decoded as a transport hands them over (`decide_admitted`), then identity, policy,
@@ -11,6 +11,9 @@ server's CPU per decision holds beyond the transport) and the deciding thread's 
 Timed with the CPU clocks, so a busy neighbour stretches a round's wall time but barely its figure; compare two
 trees in alternating runs all the same (`--tree`: decide with another checkout's `authz_server`, e.g. a
 `git worktree` of main).
+
+`--batch N` hands the calls over N at a time, as the h2 transport hands over the Checks one read completed
+(`decide_admitted_many`: one model run for each group of calls from distinct callers).
 
 `--no-model-run` answers every risk score from one model run made at start instead of running onnxruntime per call
 (the outcomes are then wrong: for measuring only). A call's own run costs ~10 µs in a loop of nothing else; the
@@ -34,12 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4000, help="distinct requests drawn from the workload")
     parser.add_argument("--tree", type=Path, default=None, help="decide with the authz_server of another checkout")
+    parser.add_argument("--batch", type=int, default=1, help="calls handed over together")
     parser.add_argument("--no-model-run", action="store_true", help="score from one model run made at start")
     args = parser.parse_args(argv)
     if args.tree is not None:
         sys.path.insert(0, str(args.tree.resolve()))  # before anything imports authz_server
     with tempfile.TemporaryDirectory(prefix="authz-pipeline-cpu-") as tmp:
-        rounds = measure(Path(tmp), args.calls, args.rounds, samples=args.samples, model_run=not args.no_model_run)
+        rounds = measure(
+            Path(tmp), args.calls, args.rounds, samples=args.samples, model_run=not args.no_model_run, batch=args.batch
+        )
     for process_us, thread_us in rounds:
         print(f"round: process {process_us:6.1f} µs/call, deciding thread {thread_us:6.1f}")
     process_us, thread_us = sorted(rounds)[len(rounds) // 2]
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(
-    workdir: Path, calls: int, rounds: int, *, samples: int = 4000, model_run: bool = True
+    workdir: Path, calls: int, rounds: int, *, samples: int = 4000, model_run: bool = True, batch: int = 1
 ) -> list[tuple[float, float]]:
     """[(process CPU µs per call, deciding thread CPU µs per call)] for each round."""
     import gc
@@ -58,7 +64,7 @@ def measure(
 
     import authz_server
     from authz_server.config import load_config
-    from authz_server.transport.grpc_server import decide_admitted
+    from authz_server.transport.grpc_server import decide_admitted_many
     from authz_server.transport.serve import ServerProcess, load_authorizer
     from benchmarks.pipeline import write_inputs
     from benchmarks.workload import TRUST_DOMAIN, Kind, TrustDomainFixture, Workload
@@ -87,11 +93,11 @@ def measure(
     risk: Any = authorizer.runtime.risk
     if not model_run and risk is not None:
         score, surprise = risk.model.score([0.0] * len(risk.model.card.feature_names))
-        risk.model.score = lambda row: (score, list(surprise))
+        risk.model.score_many = lambda rows: [(score, list(surprise)) for _ in rows]
     admission, sink = server.admission, server.sink
     try:
         for data in requests:  # every certificate verified once, every cache warm
-            decide_admitted(authorizer, admission, data, 0.2)
+            decide_admitted_many(authorizer, admission, [(data, 0.2, None)])
         _drained(sink)
         gc.collect()
         gc.freeze()  # as serve does once loaded
@@ -99,11 +105,13 @@ def measure(
         results = []
         for _ in range(rounds):
             process0, thread0 = time.process_time(), time.thread_time()
-            for k in range(calls):
-                decide_admitted(authorizer, admission, requests[k % len(requests)], 0.2)
+            for k in range(0, calls, batch):
+                group = [(requests[(k + i) % len(requests)], 0.2, None) for i in range(batch)]
+                decide_admitted_many(authorizer, admission, group)
             thread1 = time.thread_time()
             _drained(sink)
-            results.append(((time.process_time() - process0) / calls * 1e6, (thread1 - thread0) / calls * 1e6))
+            decided = -(-calls // batch) * batch
+            results.append(((time.process_time() - process0) / decided * 1e6, (thread1 - thread0) / decided * 1e6))
         return results
     finally:
         sink.close()

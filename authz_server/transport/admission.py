@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from enum import StrEnum
 
 from authz_server._proto.envoy.config.core.v3 import base_pb2
@@ -221,14 +222,15 @@ class Admission:
             self.shed[ShedReason.QUEUE] += 1
         return ShedReason.QUEUE
 
-    def finished(self, started_ns: int, time_remaining_s: float | None) -> None:
-        """Record one decided call that started at `started_ns` with `time_remaining_s` left."""
+    def finished(self, started_ns: int, times_remaining_s: Sequence[float | None]) -> None:
+        """Record the calls decided together since `started_ns`, each with what was left of its deadline then."""
         took_s = (_ns() - started_ns) / 1e9
+        calls = len(times_remaining_s)
         with self._lock:
-            self._cost_s += (took_s - self._cost_s) * _EWMA_WEIGHT
-            self.decided += 1
-            if time_remaining_s is not None and took_s > time_remaining_s:
-                self.late += 1
+            # The moving average is of one decision: a batch's calls took a share each.
+            self._cost_s += (took_s / calls - self._cost_s) * _EWMA_WEIGHT
+            self.decided += calls
+            self.late += sum(1 for remaining in times_remaining_s if remaining is not None and took_s > remaining)
 
 
 def grpc_options(config: AdmissionConfig) -> list[tuple[str, int]]:

@@ -1,7 +1,7 @@
 """The gRPC surface on grpcio: Authorization/Check, grpc.health.v1 and server reflection.
 
 Two of the three transports carry the same synchronous decision path here (the third, `h2`, is h2_server.py and
-calls the same `decide_admitted`):
+calls the same path, `decide_admitted_many`, for the Checks one read completed):
 - `sync`: grpcio's thread-pool server. Each Check runs on a pool thread.
 - `aio`: grpc.aio. Each Check runs on the event loop; the decision path never
   awaits, so a check costs one callback and no thread handoff.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -86,18 +86,44 @@ def decide_admitted(
     """Decide one serialized CheckRequest with `remaining` seconds to its deadline, or shed it unparsed.
 
     Raises CheckRefused for a malformed message or a sender `callers` refuses (`metadata`: the call's own)."""
-    if admission.admit(remaining) is not None:
-        return SHED_RESPONSE
-    try:
-        request = decode_request(data)
-    except MalformedRequest as exc:
-        raise CheckRefused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-    if callers is not None and (refusal := callers.refusal(request, metadata)):
-        raise CheckRefused(grpc.StatusCode.PERMISSION_DENIED, refusal)
-    started = _ns()
-    response = authorizer.check(request, remaining)
-    admission.finished(started, remaining)
-    return response
+    answer = decide_admitted_many(authorizer, admission, ((data, remaining, metadata),), callers)[0]
+    if isinstance(answer, CheckRefused):
+        raise answer
+    return answer
+
+
+def decide_admitted_many(
+    authorizer: Authorizer,
+    admission: Admission,
+    calls: Iterable[tuple[bytes, float | None, Any]],
+    callers: CheckCallers | None = None,
+) -> list[bytes | CheckRefused]:
+    """`decide_admitted` for (serialized CheckRequest, seconds to its deadline, its metadata) that arrived together,
+    in order: the admitted ones are decided by one `Authorizer.check_many`. Each answer is the response, or the
+    CheckRefused to answer with."""
+    answers: list[bytes | CheckRefused] = []
+    admitted: list[tuple[int, external_auth_pb2.CheckRequest, float | None]] = []
+    for data, remaining, metadata in calls:
+        if admission.admit(remaining) is not None:
+            answers.append(SHED_RESPONSE)
+            continue
+        try:
+            request = decode_request(data)
+        except MalformedRequest as exc:
+            answers.append(CheckRefused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+            continue
+        if callers is not None and (refusal := callers.refusal(request, metadata)):
+            answers.append(CheckRefused(grpc.StatusCode.PERMISSION_DENIED, refusal))
+            continue
+        admitted.append((len(answers), request, remaining))
+        answers.append(SHED_RESPONSE)  # replaced by its decision below
+    if admitted:
+        started = _ns()
+        responses = authorizer.check_many([(request, remaining) for _, request, remaining in admitted])
+        admission.finished(started, [remaining for _, _, remaining in admitted])
+        for (index, _, _), response in zip(admitted, responses, strict=True):
+            answers[index] = response
+    return answers
 
 
 def _sync_check(slot: AuthorizerSlot, admission: Admission) -> Callable[[bytes, grpc.ServicerContext], bytes]:

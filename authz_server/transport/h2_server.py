@@ -4,9 +4,11 @@ Why a second implementation of the gRPC server side: grpc.aio spends about as
 much CPU carrying a Check as the whole decision costs (its Cython layer, a
 completion-queue poller thread waking the loop for every event). This
 transport keeps one thread: each connection is an asyncio Protocol, `h2`
-turns bytes into events, and a Check that has arrived whole is decided in the
-same callback and answered in the same write (benchmarks/RESULTS.md, "The h2
-transport", measures it against grpc.aio on the floor and with the pipeline).
+turns bytes into events, and the Checks one read completed are decided
+together in the same callback (one model run for all of them,
+`Authorizer.check_many`) and answered in the same write (benchmarks/RESULTS.md,
+"The h2 transport", measures it against grpc.aio on the floor and with the
+pipeline).
 
 What it serves, for what the sidecar Envoy and a kubelet ask:
 - `envoy.service.auth.v3.Authorization/Check` (unary; identity deflate and the
@@ -33,8 +35,8 @@ max_queued` such calls, a bound on what the process holds, a new one is refused 
 applies to grpc.health.v1's Check, which kubelet's probes send on this port and which must be answered under
 overload, not refused beside the Checks: answered inline, it costs little and holds nothing; a Watch or reflection
 stream counts until it ends, as grpc.aio counts it, so streams a client keeps open stay bounded. A call admitted
-that can no longer be decided in time when its body is whole gets SHED_RESPONSE, through `decide_admitted` like
-the rest.
+that can no longer be decided in time when its body is whole gets SHED_RESPONSE, through `decide_admitted_many`
+like the rest.
 
 Bounds on what a client can make this process hold, in bytes or in count:
 one message at most MAX_MESSAGE_BYTES, every message being received and every
@@ -90,7 +92,7 @@ from authz_server.transport.grpc_server import (
     NOT_READY,
     AuthorizerSlot,
     CheckRefused,
-    decide_admitted,
+    decide_admitted_many,
 )
 from authz_server.transport.h2_reflection import FRAME_HEADER, REFLECTION_PATH, Reflection, message_end, split_messages
 from authz_server.transport.unix_socket import allow_group, socket_path
@@ -239,30 +241,35 @@ class _Stream:
     """A streaming call: bytes of its answers waiting for the client's window (counted in the buffered bytes)."""
 
 
-Check = Callable[[bytes, float | None, list[tuple[str, str]]], bytes]
-"""(serialized CheckRequest, seconds to its deadline or None, the call's XFCC metadata) -> serialized response;
-raises CheckRefused for an answer that is a gRPC error."""
+Checks = Callable[[list[tuple[bytes, float | None, list[tuple[str, str]]]]], list[bytes | CheckRefused]]
+"""The Checks one read completed, each (serialized CheckRequest, seconds to its deadline or None, its XFCC
+metadata) -> each one's serialized response, or the CheckRefused to answer it with; raises CheckRefused when none
+can be answered."""
 
 
-def authorizer_check(slot: AuthorizerSlot, admission: Admission) -> Check:
+def authorizer_checks(slot: AuthorizerSlot, admission: Admission) -> Checks:
     """The decision path behind Check, the same one the grpc transports call."""
 
-    def check(data: bytes, remaining: float | None, metadata: list[tuple[str, str]]) -> bytes:
+    def checks(calls: list[tuple[bytes, float | None, list[tuple[str, str]]]]) -> list[bytes | CheckRefused]:
         authorizer = slot.authorizer
         if authorizer is None:
             raise CheckRefused(grpc.StatusCode.UNAVAILABLE, NOT_READY)
-        return decide_admitted(authorizer, admission, data, remaining, slot.callers, metadata)
+        return decide_admitted_many(authorizer, admission, calls, slot.callers)
 
-    return check
+    return checks
 
 
 class H2Server:
     """The process's listener, its connections and the bounds they share."""
 
     def __init__(
-        self, check: Check, max_open: int, max_streams: int = MAX_CONCURRENT_STREAMS, admission: Admission | None = None
+        self,
+        checks: Checks,
+        max_open: int,
+        max_streams: int = MAX_CONCURRENT_STREAMS,
+        admission: Admission | None = None,
     ) -> None:
-        self.check = check
+        self.checks = checks
         self.admission = admission
         """Sheds a Check on arrival when the calls ahead of it cannot be decided in time (None: count only)."""
         self.health = HealthStatus(("", AUTHORIZATION_SERVICE))
@@ -346,12 +353,6 @@ class H2Server:
 
     # --- the calls -------------------------------------------------------------------------
 
-    def answer(self, stream: _Stream, message: bytes) -> bytes:
-        if stream.path == CHECK_PATH:
-            remaining = None if stream.deadline is None else stream.deadline - time.monotonic()
-            return self.check(message, remaining, stream.metadata)
-        return self.health.answer(message)
-
 
 class _Connection(asyncio.Protocol):
     """One HTTP/2 connection: h2 events in, answers out, one write per read."""
@@ -368,6 +369,8 @@ class _Connection(asyncio.Protocol):
         self._goaway_ping: bytes | None = None
         self._goaway_seen = False
         self._closing = False
+        self._ready: list[tuple[int, bytes]] = []
+        """Checks the bytes being handled completed: (stream, message), decided together once they all are."""
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -404,6 +407,7 @@ class _Connection(asyncio.Protocol):
         # One clock read for every call these bytes carried: their deadlines count from here.
         arrived = time.monotonic()
         self.server.reading()
+        self._ready = []
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -440,6 +444,8 @@ class _Connection(asyncio.Protocol):
             self._flush()
             self.close()
             return
+        if self._ready:
+            self._answer_checks()
         self._flush()
         if self._closing and not self.busy():
             self.close()
@@ -537,16 +543,49 @@ class _Connection(asyncio.Protocol):
             self._watch(stream_id, body)
             return
         try:
-            reply = self.server.answer(stream, _unframe(body))
+            message = _unframe(body)
+            if stream.path == CHECK_PATH:
+                self._ready.append((stream_id, message))
+                return
+            reply = self.server.health.answer(message)
         except Exception as exc:
             self._failed(stream_id, exc)
+            return
+        self._answer(stream_id, reply)
+
+    def _answer_checks(self) -> None:
+        """Decide the Checks this read completed together (Authorizer.check_many) and send each its answer."""
+        now = time.monotonic()
+        ready = [(stream_id, message) for stream_id, message in self._ready if stream_id in self.streams]
+        self._ready = []
+        calls = []
+        for stream_id, message in ready:
+            stream = self.streams[stream_id]
+            calls.append((message, None if stream.deadline is None else stream.deadline - now, stream.metadata))
+        try:
+            answers = self.server.checks(calls)
+        except Exception as exc:
+            for stream_id, _ in ready:
+                self._failed(stream_id, exc)
+            return
+        for (stream_id, _), answer in zip(ready, answers, strict=True):
+            if isinstance(answer, CheckRefused):
+                self._failed(stream_id, answer)
+            else:
+                self._answer(stream_id, answer)
+
+    def _answer(self, stream_id: int, reply: bytes) -> None:
+        """A unary call's answer: headers, the message, trailers."""
+        if self._gone(stream_id):
+            # The client reset the call while it was decided: the answer has nowhere to go.
+            self.pending.pop(stream_id, None)
+            self._forget(stream_id)
             return
         try:
             self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
             self.pending[stream_id] = (_frame(reply), _OK_TRAILERS)
             self._send(stream_id)
         except h2.exceptions.StreamClosedError:
-            # The client reset the call while it was decided: the answer has nowhere to go.
             self.pending.pop(stream_id, None)
             self._forget(stream_id)
 

@@ -29,7 +29,7 @@ from authz_server.stages import IdentityStage, PolicyStage, RiskStage, StageSour
 from authz_server.transport.admission import Admission
 from authz_server.transport.callers import CheckCallers
 from authz_server.transport.grpc_server import AuthorizerSlot, HealthReporter, build_aio_server, build_sync_server
-from authz_server.transport.h2_server import H2Server, authorizer_check
+from authz_server.transport.h2_server import H2Server, authorizer_checks
 from authz_server.transport.unix_socket import clear_stale, socket_path
 
 log = logging.getLogger("authz_server.serve")
@@ -241,7 +241,7 @@ class ServerProcess:
     async def _run_h2(self) -> None:
         admission = self.config.admission
         server = H2Server(
-            authorizer_check(self.slot, self.admission),
+            authorizer_checks(self.slot, self.admission),
             admission.max_in_flight + admission.max_queued,
             admission.max_streams_per_connection,
             self.admission,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz_server.authorizer import Authorizer
 from authz_server.decision import Verdict, decide
 from authz_server.identity.result import Identity, IdentityFailure, IdentityReason, Proof
 from authz_server.policy.outcome import Mode, PolicyOutcome, PolicyReason, RiskTimeoutAction
@@ -143,3 +144,43 @@ def test_decide_refuses_an_unverified_caller_whatever_else_is_known() -> None:
     failure = IdentityFailure(IdentityReason.EXPIRED, "expired an hour ago")
     decision = decide("d1", failure, None, None)
     assert (decision.verdict, decision.reason, decision.http_status) == (Verdict.DENY, "expired", 401)
+
+
+def _answer(response: bytes) -> tuple[int, list[tuple[str, str]]]:
+    """What Envoy acts on: the status and the headers, without the decision id (random per process)."""
+    reply = external_auth_pb2.CheckResponse.FromString(response)
+    headers = [*reply.ok_response.headers, *reply.denied_response.headers]
+    kept = [(h.header.key, h.header.value) for h in headers if h.header.key != "x-authz-decision-id"]
+    return reply.status.code, kept
+
+
+def test_calls_decided_together_get_what_one_at_a_time_gives(tmp_path: Path) -> None:
+    """The h2 transport hands over every Check one read completed at once (one model run for them): the answers, the
+    risk scores and what the behavioural state learns are those of deciding the same calls one by one."""
+    from tests.ops.ops_support import BILLING, INTRUDER
+
+    workspace = Workspace(tmp_path)
+    # A burst from one caller over fresh ids (its rate and distinct ids rise call by call) beside other callers'
+    # calls, a refusal, a caller without a certificate and a route policy denies: the calls a read carries.
+    requests = []
+    for k in range(40):
+        requests.append(workspace.request(BILLING, "GET", f"/v1/charges/{1000 + k}"))
+        if k % 3 == 0:
+            requests.append(workspace.request(CHECKOUT, "POST", "/v1/charges"))
+        if k % 7 == 0:
+            requests.append(workspace.request(INTRUDER, "GET", "/v1/charges/1"))
+        if k % 11 == 0:
+            requests.append(workspace.request(None))
+    now = requests[-1].attributes.request.time.ToNanoseconds() / 1e9
+
+    def authorizer(name: str) -> Authorizer:
+        built = risk_authorizer(workspace, run_log(tmp_path / f"{name}.jsonl"))
+        return Authorizer(built.runtime, built._sink, clock=lambda: now)
+
+    one_by_one, together = authorizer("one"), authorizer("together")
+    expected = [_answer(one_by_one.check(request, 1.0)) for request in requests]
+    answers = [_answer(response) for response in together.check_many([(request, 1.0) for request in requests])]
+
+    assert answers == expected
+    scores = [dict(headers).get("x-authz-risk") for _, headers in expected if dict(headers).get("x-authz-risk")]
+    assert len(set(scores)) > 3, f"the burst moved no score: {scores}"  # else equal answers would prove little

@@ -37,7 +37,7 @@ from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2, externa
 from authz_server.dev.mesh import free_port
 from authz_server.transport.h2_server import parse_grpc_timeout
 from tests.core.test_hostile_requests import _ready
-from tests.ops.ops_support import CHECKOUT, Workspace
+from tests.ops.ops_support import CHECKOUT, INTRUDER, Workspace
 from tests.ops.test_server_ops import server, stop, wait_for
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
@@ -369,6 +369,54 @@ def test_h2_calls_reset_in_the_read_that_ends_them_leave_the_connection_serving(
             client.flush()  # all of it in one write
             client.read_until(answered)
             assert client.trailers(answered)[b"grpc-status"] == b"0"
+        finally:
+            client.close()
+
+
+def test_h2_checks_completed_by_one_read_each_get_their_own_answer(tmp_path: Path) -> None:
+    # The h2 transport decides every Check one read completed together (one model run for all): each stream must
+    # still get its own call's answer, a malformed one its own error, and a health check beside them its status.
+    with _serve(tmp_path, "h2") as running:
+        workspace = running.workspace
+        calls = {
+            "allowed": workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString(),
+            "refused by policy": workspace.request(INTRUDER, "GET", "/v1/charges/1").SerializeToString(),
+            "malformed": b"\xff\xff\xff",
+            "no certificate": workspace.request(None).SerializeToString(),
+            "allowed again": workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString(),
+        }
+        client = RawClient(running.port)
+        try:
+            streams = {}
+            for name, message in calls.items():
+                streams[name] = client.open(flush=False)
+                client.h2.send_data(streams[name], _framed(message), end_stream=True)
+            health = client.open("/grpc.health.v1.Health/Check", flush=False)
+            client.h2.send_data(health, _framed(health_pb2.HealthCheckRequest().SerializeToString()), end_stream=True)
+            client.flush()  # all of it in one write
+            for stream_id in [*streams.values(), health]:
+                client.read_until(stream_id)
+            bodies: dict[int, bytes] = {}
+            for event in client.events:
+                if isinstance(event, h2.events.DataReceived):
+                    bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
+
+            def decision(name: str) -> tuple[int, str, str | None]:
+                assert client.trailers(streams[name])[b"grpc-status"] == b"0", name
+                reply = external_auth_pb2.CheckResponse.FromString(bodies[streams[name]][5:])
+                headers = {
+                    h.header.key: h.header.value for h in [*reply.ok_response.headers, *reply.denied_response.headers]
+                }
+                return reply.status.code, headers["x-authz-decision"], headers.get("x-authz-reason")
+
+            assert decision("allowed") == decision("allowed again") == (0, "allow", None)
+            assert decision("refused by policy") == (7, "deny", "no-matching-rule")
+            assert decision("no certificate")[:2] == (16, "deny")
+            assert client.trailers(streams["malformed"])[b"grpc-status"] == b"3"
+            assert (
+                health_pb2.HealthCheckResponse.FromString(bodies[health][5:]).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         finally:
             client.close()
 
