@@ -41,7 +41,9 @@ never sees, so the first bound is not here:
    3-6; benchmarks/RESULTS.md, "Overload: flooded turns"), at 1.2x/1.5x/2x: p99 of decided calls 97-218 /
    122-242 / 109-133 ms -> 42-80 / 55-88 / 35-47 ms (15-32x -> 6-13x the unloaded p99) and h2load's p99
    277-555 / 407-766 / 388-444 ms -> 82-244 / 98-122 / 73-319 ms; the share of capacity decided in time
-   91-111 / 36-99 / 47-201% -> 91-120 / 82-111 / 40-49% (per CPU-second 84-103% -> 43-49% at 2x). The old count
+   91-111 / 36-99 / 47-201% -> 91-120 / 82-111 / 40-49% (per CPU-second 84-103% -> 43-49% at 2x); after main's
+   batched decisions, against them (05:37-05:40 UTC, load average 6-7): p99 182-242 -> 45-88 ms, share per
+   CPU-second 65-104% -> 63-96%. The old count
    took calls read after their caller had given up for calls in time (no call counted late while h2load saw more
    than 1% of its answers after 250 ms); and a refusal answered at once lets an open-loop client send the next
    call at once: each costs its HEADERS (HPACK decodes every block, in order) and DATA through h2, ~0.7 of what
