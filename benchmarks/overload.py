@@ -9,7 +9,9 @@ with `grpc-timeout: 250m` on every call, as Envoy sends its ext_authz timeout. F
   per second, over the capacity;
 - p99 latency of decided calls, from a probe: a separate client sending one call every 20 ms (with the same
   250 ms deadline) beside the load, which sees each answer and can tell a decision from a shed;
-- recovery: once the load stops, how long until the probe's calls are decided again within 5x the unloaded p99.
+- recovery: once the load stops, how long until the probe's calls are decided again within 5x the unloaded p99;
+- in the JSON rows, h2load's own latency percentiles over every answer it got (decided, shed or refused): the wait
+  in the socket before the server reads a call, which the server's counts cannot see.
 
 The unloaded p99 is the probe's alone, measured before each level's capacity run; the table's ratios use the lowest
 of the run for that configuration, recovery the lowest seen so far (neighbours only ever add latency). The server
@@ -255,7 +257,12 @@ def offer(port: int, body: Path, rate: float, seconds: float, cpus: str | None, 
         cpus=cpus,
         extra_headers=(f"grpc-timeout: {GRPC_TIMEOUT}",),
     )
-    return {"answered": result.requests, "errors": result.errors, "seconds": result.seconds}
+    return {
+        "answered": result.requests,
+        "errors": result.errors,
+        "seconds": result.seconds,
+        "latency_us": result.latency_us,
+    }
 
 
 @dataclass
@@ -322,6 +329,7 @@ class Subject:
             "late": int(after["late"] - before["late"]),
             "shed_503": int(after["shed"] - before["shed"]),
             "answered_by_h2load": load["answered"],
+            "h2load_latency_ms": {k: round(v / 1000, 1) for k, v in load["latency_us"].items()},
             "p99_decided_ms": round(p99_ms(during), 2),
             "p50_decided_ms": round(
                 percentile(sorted(c.latency_s for c in during if c.outcome == "decided"), 50.0) * 1000, 2

@@ -355,6 +355,9 @@ class AdmissionCounters(Protocol):
     @property
     def expected_cost_s(self) -> float: ...
 
+    @property
+    def floods(self) -> int: ...
+
 
 class AdmissionCollector(Collector):
     """Calls shed before deciding, decided calls answered too late, and the cost admission expects (scrape time)."""
@@ -383,4 +386,10 @@ class AdmissionCollector(Collector):
             "Moving average of the decision time; a call whose deadline leaves less (plus reserve_ms) is shed.",
         )
         cost.add_metric([], admission.expected_cost_s)
-        yield from (shed, decided, late, cost)
+        floods = CounterMetricFamily(
+            "authz_admission_floods",
+            "h2: times one turn of the event loop read more Checks than the process may hold after a quiet spell; "
+            "for the next 2 s a Check may wait at most admission.overload_wait_ms.",
+        )
+        floods.add_metric([], admission.floods)
+        yield from (shed, decided, late, cost, floods)

@@ -58,6 +58,14 @@ class AdmissionConfig:
     The 64 Checks one sidecar keeps outstanding at 64 concurrent requests are ~32-45 ms of work; a bound of 32
     calls instead had 27% of such requests denied where the workload denies 11%. Lower it to trade throughput
     under overload for the latency of decided calls."""
+    overload_wait_ms: float = 8.0
+    """h2, while flooded: once one turn of the event loop has read more Checks than the process may hold
+    (max_in_flight + max_queued, which no closed loop of a sidecar's 64 outstanding Checks can do), and for 2 s
+    after the last such turn, a Check is refused on arrival when the calls open as the turn began and those it has
+    admitted since would take longer than this to decide (capped at max_wait_ms). A turn is one pass of the event
+    loop over the connections with bytes to read; a call read late in it waited in the socket while the earlier ones
+    were decided, which the count of calls received and not yet answered alone does not see. Lower it for the latency
+    of decided calls under overload, raise it (up to max_wait_ms: off) for their number."""
     reserve_ms: float = 1.0
     """A call is decided only when its deadline leaves at least this much beyond the expected decision time (the
     moving average of recent decisions); otherwise it is answered at once with `overloaded`."""
@@ -72,6 +80,8 @@ class AdmissionConfig:
             problems.append(f"max_streams_per_connection: must be >= 1, got {self.max_streams_per_connection}")
         if self.max_wait_ms < 0:
             problems.append(f"max_wait_ms: must be >= 0, got {self.max_wait_ms}")
+        if self.overload_wait_ms < 0:
+            problems.append(f"overload_wait_ms: must be >= 0, got {self.overload_wait_ms}")
         if self.reserve_ms < 0:
             problems.append(f"reserve_ms: must be >= 0, got {self.reserve_ms}")
         return problems

@@ -27,7 +27,10 @@ pod network behind a NetworkPolicy, or a Unix socket.
 Admission (admission.py) sees each call here as its HEADERS arrive. A Check whose expected wait, the calls received
 and not yet answered x the moving average of a decision, passes `admission.max_wait_ms` or what its deadline
 (`grpc-timeout`, counted from the moment the bytes that carried the call were read) leaves is refused at once with
-RST_STREAM REFUSED_STREAM, before its body is read, and counted as shed (`queue`). Past `max_in_flight +
+RST_STREAM REFUSED_STREAM, before its body is read, and counted as shed (`queue`). Once one turn of the event loop
+has read more Checks than `max_in_flight + max_queued` (flooded), and for two seconds after, the wait counted is that
+of the calls open as the turn began and those it has admitted since, against `admission.overload_wait_ms`: a call
+read late in a turn waited in the socket while the earlier ones were decided. Past `max_in_flight +
 max_queued` such calls, a bound on what the process holds, a new one is refused with RESOURCE_EXHAUSTED. Neither
 applies to grpc.health.v1's Check, which kubelet's probes send on this port and which must be answered under
 overload, not refused beside the Checks: answered inline, it costs little and holds nothing; a Watch or reflection
@@ -299,6 +302,13 @@ class H2Server:
         self.max_open = max_open
         """Calls received and not yet answered, for the whole process; past it a new call is refused."""
         self.open_calls = 0
+        self.in_turn = False
+        """A turn of the event loop is reading (its end is scheduled)."""
+        self.turn_checks = 0
+        """Checks whose HEADERS this turn has read, admitted or not."""
+        self.turn_ahead = 0
+        """Calls open when this turn began plus the Checks it has admitted since: a call read later in the same turn
+        waited, in the socket, for their decisions."""
         self.buffered = 0
         """Bytes of partly received messages, and of reflection answers the clients have not taken yet."""
         self.connections: set[_Connection] = set()
@@ -334,6 +344,18 @@ class H2Server:
 
     def _connection(self) -> _Connection:
         return _Connection(self)
+
+    def reading(self) -> None:
+        """A connection has bytes to read: the first in this turn of the event loop starts the turn's counts."""
+        if not self.in_turn:
+            self.in_turn = True
+            self.turn_ahead = self.open_calls
+            # Runs once the loop has handed every readable connection its bytes: the turn is over.
+            asyncio.get_running_loop().call_soon(self._turn_ended)
+
+    def _turn_ended(self) -> None:
+        self.in_turn = False
+        self.turn_checks = 0
 
     async def drain(self, grace_s: float) -> None:
         """Stop listening, GOAWAY every connection, finish the calls received, close within `grace_s`."""
@@ -411,6 +433,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # One clock read for every call these bytes carried: their deadlines count from here.
         arrived = time.monotonic()
+        self.server.reading()
         self._ready = []
         try:
             events = self.h2.receive_data(data)
@@ -486,20 +509,25 @@ class _Connection(asyncio.Protocol):
         if path not in _PATHS:
             self._refuse(stream_id, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}")
             return
-        if self.server.open_calls >= self.server.max_open and path != HEALTH_CHECK_PATH:
+        server, admission, now = self.server, self.server.admission, time.monotonic()
+        if path == CHECK_PATH and admission is not None:
+            server.turn_checks += 1
+            if server.turn_checks > server.max_open:
+                admission.flooded(now)
+        if server.open_calls >= server.max_open and path != HEALTH_CHECK_PATH:
             self._refuse(stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
             return
         seconds = parse_grpc_timeout(timeout) if timeout else None
-        admission = self.server.admission
         if path == CHECK_PATH and admission is not None:
-            remaining = None if seconds is None else seconds - (time.monotonic() - arrived)
-            if admission.admit_behind(self.server.open_calls, remaining) is not None:
+            remaining = None if seconds is None else seconds - (now - arrived)
+            if admission.admit_behind(server.open_calls, server.turn_ahead, remaining, now) is not None:
                 # The cheapest answer: no header block to encode, and a gRPC client or Envoy knows the call was not
                 # processed (Envoy answers status_on_error, 503 in what this project renders).
                 self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return
+            server.turn_ahead += 1
         self.streams[stream_id] = _Stream(path, None if seconds is None else arrived + seconds, metadata)
-        self.server.open_calls += 1
+        server.open_calls += 1
 
     def _data(self, event: h2.events.DataReceived) -> None:
         stream_id = event.stream_id

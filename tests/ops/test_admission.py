@@ -5,7 +5,8 @@ decision time gets the documented 503 `overloaded` CheckResponse without being d
 `kind: shed` line, `authz_shed_total`); calls beyond the in-flight and queue bounds are refused by gRPC itself
 (RESOURCE_EXHAUSTED past `max_in_flight`, a reset stream, CANCELLED, past `max_queued`), which Envoy turns into
 `status_on_error`, and every other call is still decided; h2 refuses on arrival (REFUSED_STREAM, counted as shed
-for `queue`) a call the calls ahead of it would keep waiting past `max_wait_ms`. None of this may refuse the 64
+for `queue`) a call the calls ahead of it would keep waiting past `max_wait_ms`, and, after a turn of its event loop
+read more Checks than the process may hold, past `overload_wait_ms` for a while. None of this may refuse the 64
 Checks a busy sidecar keeps outstanding.
 """
 
@@ -24,9 +25,10 @@ from grpc_health.v1 import health_pb2
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.audit.schema import decision_log_schema, shed_line_schema
 from authz_server.dev.mesh import free_port
-from authz_server.transport.admission import SHED_RESPONSE, Admission, ShedReason
+from authz_server.transport.admission import FLOOD_HOLD_S, SHED_RESPONSE, Admission, ShedReason
 from authz_server.transport.config import AdmissionConfig
 from authz_server.transport.grpc_server import decide_admitted
+from benchmarks.loadgen import grpc_body_file, h2load_grpc
 from tests.ops.ops_support import BILLING, Workspace, read_lines, run_log
 from tests.ops.test_metrics_health import get, value
 from tests.ops.test_server_ops import server, wait_for
@@ -167,8 +169,11 @@ def test_calls_beyond_the_in_flight_and_queue_bounds_are_refused_and_the_rest_de
 ) -> None:
     outcomes, text = bursts(workspace, tmp_path, transport, 300, max_in_flight=1, max_queued=0)
     counts = {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
-    assert set(counts) <= {"allowed", "RESOURCE_EXHAUSTED", "CANCELLED"}, counts
-    refused = counts.get("RESOURCE_EXHAUSTED", 0) + counts.get("CANCELLED", 0)
+    # h2 reads the whole burst in a turn or two: more Checks than it may hold (1), so it is flooded and refuses most
+    # on arrival (REFUSED_STREAM, UNAVAILABLE to a gRPC client) before they reach the bound.
+    refusals = {"RESOURCE_EXHAUSTED", "CANCELLED"} | ({"UNAVAILABLE"} if transport == "h2" else set())
+    assert set(counts) <= {"allowed"} | refusals, counts
+    refused = sum(counts.get(refusal, 0) for refusal in refusals)
     assert refused > 0 and counts.get("allowed", 0) > 0, counts
     if transport == "sync":
         # The in-flight gate leaves the excess in the C core, which resets it: grpcio never refuses in Python.
@@ -202,6 +207,46 @@ def test_h2_refuses_on_arrival_the_calls_that_would_wait_past_max_wait_and_count
     assert shed > 0, counts
     # Every call either decided or shed, and a call a client's gRPC library retried by itself counts each time.
     assert value(text, "authz_admission_decided_total") + shed >= 300
+
+
+def test_h2_after_a_flood_keeps_checks_to_overload_wait_for_a_while_and_a_sidecars_64_never_trigger_it(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # Open-loop overload and a sidecar's closed loop both keep the server busy; only the first can put more Checks
+    # in one turn of the event loop than the process may hold (max_in_flight + max_queued, 128). Then, and for
+    # FLOOD_HOLD_S after, a Check may wait at most overload_wait_ms (4), so the calls it decides are answered within
+    # a few ms instead of up to max_wait_ms (100); a sidecar's 64 outstanding Checks (~32 ms of work) never flip it.
+    config, port = serve(workspace, tmp_path, "h2")
+    metrics = int(config["metrics"]["listen"].rsplit(":", 1)[1])
+    request = workspace.request(BILLING, "GET", "/v1/charges/1").SerializeToString()
+
+    def counters() -> tuple[float, float]:
+        text = get(metrics, "/metrics")[1]
+        return value(text, "authz_admission_floods_total"), value(text, "authz_shed_total", reason="queue")
+
+    with server(workspace, tmp_path, config) as process:
+        wait_for(lambda: get(metrics, "/readyz")[0] == 200, 60, "ready", process, tmp_path)
+        sidecar = [outcome for _ in range(3) for outcome in asyncio.run(burst(port, request, 64))]
+        quiet = counters()
+        # h2load offering ~3x capacity over 4 connections, up to 1,024 calls outstanding: open-loop overload.
+        body = grpc_body_file(request, tmp_path / "h2load")
+        flood = h2load_grpc(
+            f"http://127.0.0.1:{port}{CHECK}", body, clients=4, streams=256, seconds=1, warmup_s=0, rps_per_client=2000
+        )
+        flooded_at = time.monotonic()
+        after_flood = counters()
+        during = asyncio.run(burst(port, request, 64))
+        during_counters, during_ended = counters(), time.monotonic()
+        time.sleep(FLOOD_HOLD_S + 0.5)
+        later = asyncio.run(burst(port, request, 64))
+        later_counters = counters()
+    assert sidecar == ["allowed"] * 192 and quiet == (0, 0)
+    assert after_flood[0] == 1 and after_flood[1] > 0 and flood.requests > 0, (after_flood, flood)
+    assert during_ended - flooded_at < FLOOD_HOLD_S, "the burst took too long for the hold to be measured"
+    # Within the hold a burst of 64 is more than overload_wait_ms of work: the calls past it are refused (a gRPC
+    # client retries a refused stream by itself, so the count of shed calls, not the outcomes, shows it).
+    assert during_counters[1] > after_flood[1], during
+    assert later == ["allowed"] * 64 and later_counters == during_counters
 
 
 async def health_beside_a_burst(port: int, request: bytes, count: int, checks: int) -> tuple[list[str], list[str]]:
@@ -248,10 +293,13 @@ def test_health_checks_on_the_serving_port_are_answered_while_checks_are_refused
 
 
 def test_admission_bounds_are_validated() -> None:
-    problems = AdmissionConfig(max_in_flight=0, max_queued=-1, max_wait_ms=-1, reserve_ms=-1).validate()
+    problems = AdmissionConfig(
+        max_in_flight=0, max_queued=-1, max_wait_ms=-1, overload_wait_ms=-1, reserve_ms=-1
+    ).validate()
     assert problems == [
         "max_in_flight: must be >= 1, got 0",
         "max_queued: must be >= 0, got -1",
         "max_wait_ms: must be >= 0, got -1",
+        "overload_wait_ms: must be >= 0, got -1",
         "reserve_ms: must be >= 0, got -1",
     ]
