@@ -14,6 +14,9 @@ from types import TracebackType
 
 class _EchoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The head and the body go out as two writes: with Nagle on, the body waits for Envoy's delayed ACK of the
+    # head, 40 ms a response (10,000 calls through 8 connections took 75 s instead of 20 s).
+    disable_nagle_algorithm = True
     server: EchoServer
 
     def _answer(self) -> None:

@@ -16,6 +16,7 @@ grpc: {{enabled: true, seconds: 1, warmup_seconds: 0.5, concurrency: 4, min_rps:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (Debian nghttp2-client) is not installed")
 def test_the_gate_measures_the_decision_path_and_the_real_server(tmp_path: Path) -> None:
     config = tmp_path / "gate.yaml"

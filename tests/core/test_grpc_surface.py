@@ -70,22 +70,30 @@ def _serve(tmp_path: Path, transport: str, **admission: int) -> Iterator[Running
 
 @pytest.fixture(params=["aio", "sync", "h2"])
 def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
+    """A server of the test's own, for a test that stops it."""
     with _serve(tmp_path, request.param) as started:
         yield started
 
 
-def test_an_unknown_method_gets_unimplemented(running: Running) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+@pytest.fixture(scope="module", params=["aio", "sync", "h2"])
+def serving(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One server per transport for the tests that only call it (a start is ~1 s of a busy CI core)."""
+    with _serve(tmp_path_factory.mktemp(f"serving-{request.param}"), request.param) as started:
+        yield started
+
+
+def test_an_unknown_method_gets_unimplemented(serving: Running) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{serving.port}") as channel:
         call = channel.unary_unary("/envoy.service.auth.v3.Authorization/Nope")
         with pytest.raises(grpc.RpcError) as raised:
             call(b"", timeout=5)
     assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_a_message_over_4_mib_is_refused_and_the_server_keeps_answering(running: Running) -> None:
-    request = running.workspace.request(CHECKOUT, "POST", "/v1/charges")
+def test_a_message_over_4_mib_is_refused_and_the_server_keeps_answering(serving: Running) -> None:
+    request = serving.workspace.request(CHECKOUT, "POST", "/v1/charges")
     with grpc.insecure_channel(
-        f"127.0.0.1:{running.port}", options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
+        f"127.0.0.1:{serving.port}", options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
     ) as channel:
         call = channel.unary_unary(CHECK)
         with pytest.raises(grpc.RpcError) as raised:
@@ -114,8 +122,8 @@ def test_h2_health_watch_reports_serving_then_not_serving_on_sigterm(tmp_path: P
 # --- server reflection ---------------------------------------------------------------------------------------
 
 
-def test_reflection_lists_the_services_and_describes_check(running: Running) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+def test_reflection_lists_the_services_and_describes_check(serving: Running) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{serving.port}") as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         assert sorted(database.get_services()) == [
             AUTHORIZATION, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"

@@ -32,8 +32,12 @@ def _ready(port: int) -> bool:
     return True
 
 
-@pytest.fixture(params=["aio", "sync", "h2"])
-def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Workspace, int, Path]]:
+@pytest.fixture(scope="module", params=["aio", "sync", "h2"])
+def running(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Workspace, int, Path]]:
+    """One server per transport for the module: its tests only call it (a start is ~1 s of a busy CI core)."""
+    tmp_path = tmp_path_factory.mktemp(f"running-{request.param}")
     workspace = Workspace(tmp_path)
     port = free_port()
     log = tmp_path / "decisions.log"

@@ -87,6 +87,7 @@ def test_a_worker_that_crashes_after_serving_is_restarted_and_the_others_keep_se
     assert sorted(p.name for p in tmp_path.glob("start-1-*")) == ["start-1-0"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("restore_signals")
 def test_sigterm_during_a_restart_backoff_stops_at_once_and_starts_nothing(tmp_path: Path) -> None:
     supervisor = ScriptedSupervisor(tmp_path, "crash-loop")

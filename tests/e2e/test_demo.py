@@ -14,6 +14,7 @@ from authz_server.dev.mesh import LocalMesh
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow
 def test_the_demo_shows_each_kind_of_decision_and_cleans_up() -> None:
     out = io.StringIO()
     meshes: list[LocalMesh] = []
@@ -54,6 +55,7 @@ def test_the_demo_shows_each_kind_of_decision_and_cleans_up() -> None:
     workdir.rmdir()
 
 
+@pytest.mark.slow
 def test_demo_keep_leaves_a_configuration_and_certificates_the_readme_can_serve_and_call(tmp_path: Path) -> None:
     """README, "Running the server": `demo --keep`, then `serve` its configuration and `check` a call."""
     import shutil

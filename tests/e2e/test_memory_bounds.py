@@ -96,6 +96,7 @@ def long_path(index: int, size: int = 60 * 1024) -> str:
     return (head + _segments(size).replace("#####", f"{index:05d}"))[:size]
 
 
+@pytest.mark.slow
 def test_ten_thousand_allowed_60_kib_paths_through_envoy_keep_the_server_inside_its_limit(tmp_path: Path) -> None:
     limit = deployment_memory_limit()
     # A shared CI machine can take longer than Envoy's 250 ms for a call; this test is about memory, not latency.
@@ -162,6 +163,7 @@ def check_request(certificate: str) -> bytes:
     return external_auth_pb2.CheckRequest(attributes=attributes).SerializeToString()
 
 
+@pytest.mark.slow
 def test_a_thousand_100_kib_certificate_fields_keep_the_server_inside_its_limit(tmp_path: Path) -> None:
     limit = deployment_memory_limit()
     ca = TrustDomainCA.create(TRUST_DOMAIN)

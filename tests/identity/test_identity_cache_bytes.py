@@ -51,6 +51,7 @@ def test_a_certificate_in_many_wrappings_is_verified_once(ca: TrustDomainCA, mon
     assert len(verified) == 1
 
 
+@pytest.mark.slow
 def test_a_hundred_100_kib_fields_leave_the_cache_kilobytes_not_megabytes(ca: TrustDomainCA) -> None:
     stage = verifier(ca)
     pem = ca.issue(CALLER).cert_pem

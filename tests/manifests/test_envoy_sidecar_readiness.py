@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from manifest_support import MANIFESTS
 
@@ -50,6 +51,7 @@ def _answers(port: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_without_its_sds_secrets_the_sidecar_never_reports_ready(tmp_path: Path) -> None:
     config, ready_port = _rebind(yaml.safe_load(BOOTSTRAP.read_text()), tmp_path)
     admin = config["admin"]["address"]["socket_address"]["port_value"]

@@ -26,6 +26,7 @@ from manifest_support import (
 )
 
 from authz_server.envoy.bootstrap import EXT_AUTHZ_CLUSTER, EXT_AUTHZ_FILTER, SPIRE_AGENT_CLUSTER
+from tests.policy.policy_support import cli
 
 GENERATE = load_generator()
 DECLARATIONS = MANIFESTS / "base" / "declarations"
@@ -132,10 +133,7 @@ def test_crd_schema_rejects_a_broken_declaration() -> None:
 
 def policy_validate(path: Path) -> subprocess.CompletedProcess[str]:
     # --strict: examples people copy must not even carry warnings (shadowed or expired rules).
-    return subprocess.run(
-        [sys.executable, "-m", "authz_server", "policy", "validate", "--strict", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    return cli("policy", "validate", "--strict", str(path))
 
 
 def test_example_declarations_pass_authz_server_policy_validate() -> None:
@@ -153,10 +151,7 @@ def test_authz_server_policy_validate_rejects_a_broken_example(tmp_path: Path) -
 
 
 def policy_test(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "authz_server", "policy", "test", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    return cli("policy", "test", str(path))
 
 
 def test_owner_written_cases_pass_against_the_example_declarations() -> None:

@@ -46,6 +46,7 @@ def _train(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, st
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_train_reads_rotated_files_skips_and_counts_broken_lines_and_writes_a_model(
     tmp_path: Path, site_lines: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -78,6 +79,7 @@ def test_train_reads_rotated_files_skips_and_counts_broken_lines_and_writes_a_mo
     assert calibration["deny_surprise"] > calibration["alarm_surprise"]
 
 
+@pytest.mark.slow
 def test_an_annotated_new_edge_is_learned_only_once_an_operator_accepts_it(
     tmp_path: Path, site_lines: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,6 +111,7 @@ def test_an_annotated_new_edge_is_learned_only_once_an_operator_accepts_it(
         assert row[FEATURE_NAMES.index("edge_novelty")] == 0.0
 
 
+@pytest.mark.slow
 def test_annotations_on_a_known_edge_are_learned_the_first_log_is_written_under_the_bundled_model(
     tmp_path: Path, site_lines: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -120,6 +123,7 @@ def test_annotations_on_a_known_edge_are_learned_the_first_log_is_written_under_
     assert code == 0 and f"learned from {len(site_lines)} calls" in stdout
 
 
+@pytest.mark.slow
 def test_lines_labelled_malicious_are_never_learned(
     tmp_path: Path, site_lines: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:

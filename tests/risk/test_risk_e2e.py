@@ -89,6 +89,7 @@ def _caught(reply: Reply) -> bool:
     return "x-authz-risk-factors" in reply.upstream_headers
 
 
+@pytest.mark.slow
 def test_enforced_risk_over_a_deploy_and_a_peak_denies_no_benign_call_and_catches_the_attacks(
     tmp_path: Path,
 ) -> None:

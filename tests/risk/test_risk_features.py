@@ -318,6 +318,7 @@ def test_every_feature_is_within_its_range_and_zero_for_an_ordinary_call_on_a_kn
         assert named[name] < 0.5, (name, named)
 
 
+@pytest.mark.slow
 def test_the_state_is_bounded_in_bytes_whatever_the_paths() -> None:
     """10,000 calls, each with a distinct 60 KiB path on one edge, then 10,000 callers each on its own edge."""
     state = BehaviourState(RiskConfig(max_identities=1000, max_edges=1000))

@@ -67,6 +67,7 @@ def test_stolen_svids_are_used_from_outside_the_workloads_subnets_with_the_pods_
     assert any((e.caller, e.svid) in pods for e in attacks)  # the same certificate serial, from two addresses
 
 
+@pytest.mark.slow
 def test_evaluate_reports_both_models_every_kind_and_benign_rates(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["model", "evaluate", "--scale", "0.03", "--warm-days", "1", "--lead-hours", "1", "--per-kind", "1",
                  "--json"])  # fmt: skip
@@ -107,6 +108,7 @@ def test_synth_writes_the_decision_log_model_train_reads(tmp_path: Path, capsys:
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lifetime", [3600.0, 86400.0])
 def test_the_bundled_model_denies_no_benign_call_of_busy_batch_jobs_on_a_site_it_never_saw(
     tmp_path: Path, lifetime: float
