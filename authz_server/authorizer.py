@@ -3,7 +3,8 @@
     CheckRequest -> parse -> identity -> policy -> risk -> decide -> respond -> log
 
 `Authorizer.check` is synchronous CPU work with no I/O (the decision log is a
-queue drained by its own thread), so both transports call it directly.
+queue drained by its own thread), so every transport calls it directly; h2 calls
+`check_many` with the Checks one read carried, which share the model's runs.
 The stages in force live in one immutable `Runtime` that reloads replace as a
 whole, so a call never sees a policy set from one reload and a model from another.
 """
