@@ -284,6 +284,18 @@ def _framed(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
+@contextmanager
+def _h2_client(tmp_path: Path, **admission: int) -> Iterator[tuple[RawClient, bytes]]:
+    """The h2 transport serving, a raw client connected to it, and an allowed Check framed for the wire."""
+    with _serve(tmp_path, "h2", **admission) as running:
+        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
+        client = RawClient(running.port)
+        try:
+            yield client, body
+        finally:
+            client.close()
+
+
 def raw_frames(sock: socket.socket, timeout_s: float = 10) -> Iterator[Frame]:
     """Frames as they arrive, parsed without a connection state machine (h2's refuses every frame after GOAWAY)."""
     buffer = b""
@@ -333,52 +345,42 @@ def test_h2_a_call_in_flight_at_sigterm_is_answered_after_goaway(tmp_path: Path)
 
 
 def test_h2_calls_past_the_admission_bound_are_refused_before_their_body(tmp_path: Path) -> None:
-    with _serve(tmp_path, "h2", max_in_flight=1, max_queued=1) as running:
-        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
-        client = RawClient(running.port)
-        try:
-            held = [client.open(), client.open()]  # bodies not sent yet: both count as in flight
-            third = client.open()
-            client.read_until(third)
-            exhausted = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
-            assert client.trailers(third)[b"grpc-status"] == exhausted
-            for stream_id in held:
-                client.send(stream_id, body, end=True)
-                client.read_until(stream_id)
-                assert client.trailers(stream_id)[b"grpc-status"] == b"0"
-            fourth = client.open()  # the held calls were answered: there is room again
-            client.send(fourth, body, end=True)
-            client.read_until(fourth)
-            assert client.trailers(fourth)[b"grpc-status"] == b"0"
-        finally:
-            client.close()
+    with _h2_client(tmp_path, max_in_flight=1, max_queued=1) as (client, body):
+        held = [client.open(), client.open()]  # bodies not sent yet: both count as in flight
+        third = client.open()
+        client.read_until(third)
+        exhausted = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
+        assert client.trailers(third)[b"grpc-status"] == exhausted
+        for stream_id in held:
+            client.send(stream_id, body, end=True)
+            client.read_until(stream_id)
+            assert client.trailers(stream_id)[b"grpc-status"] == b"0"
+        fourth = client.open()  # the held calls were answered: there is room again
+        client.send(fourth, body, end=True)
+        client.read_until(fourth)
+        assert client.trailers(fourth)[b"grpc-status"] == b"0"
 
 
 def test_h2_calls_reset_in_the_read_that_ends_them_leave_the_connection_serving(tmp_path: Path) -> None:
     # Envoy cancels a check whose timeout passed; under load the cancel arrives in the same read as the body, and
     # the next call's HEADERS with them (h2 then drops the reset streams: an answer sent to one was taken for a new
     # stream and ended the connection).
-    with _serve(tmp_path, "h2") as running:
-        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
-        client = RawClient(running.port)
-        try:
-            # As grpc-core's clients do (they take no pushed streams): h2 refuses to open a stream towards them.
-            client.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
-            cancelled, asked = client.open(), client.open(REFLECTION)
-            client.h2.ping(b"headers!")
-            client.flush()
-            client.read_until(h2.events.PingAckReceived)  # the server has read both calls' HEADERS
-            client.h2.send_data(cancelled, body, end_stream=True)
-            client.h2.reset_stream(cancelled, h2.errors.ErrorCodes.CANCEL)
-            client.h2.send_data(asked, _framed(Question(list_services="").SerializeToString()))
-            client.h2.reset_stream(asked, h2.errors.ErrorCodes.CANCEL)
-            answered = client.open(flush=False)
-            client.h2.send_data(answered, body, end_stream=True)
-            client.flush()  # all of it in one write
-            client.read_until(answered)
-            assert client.trailers(answered)[b"grpc-status"] == b"0"
-        finally:
-            client.close()
+    with _h2_client(tmp_path) as (client, body):
+        # As grpc-core's clients do (they take no pushed streams): h2 refuses to open a stream towards them.
+        client.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+        cancelled, asked = client.open(), client.open(REFLECTION)
+        client.h2.ping(b"headers!")
+        client.flush()
+        client.read_until(h2.events.PingAckReceived)  # the server has read both calls' HEADERS
+        client.h2.send_data(cancelled, body, end_stream=True)
+        client.h2.reset_stream(cancelled, h2.errors.ErrorCodes.CANCEL)
+        client.h2.send_data(asked, _framed(Question(list_services="").SerializeToString()))
+        client.h2.reset_stream(asked, h2.errors.ErrorCodes.CANCEL)
+        answered = client.open(flush=False)
+        client.h2.send_data(answered, body, end_stream=True)
+        client.flush()  # all of it in one write
+        client.read_until(answered)
+        assert client.trailers(answered)[b"grpc-status"] == b"0"
 
 
 def test_h2_checks_completed_by_one_read_each_get_their_own_answer(tmp_path: Path) -> None:
@@ -568,23 +570,18 @@ def test_h2_answers_thousands_of_calls_on_one_connection(tmp_path: Path) -> None
     # More calls than the streams the server lets a connection hold at once (1024) and answers past the 64 KiB
     # windows a client opens with: every answered stream must be closed and its bytes counted against the
     # windows, or the server refuses a later stream or sends past the window (the connection would end).
-    with _serve(tmp_path, "h2") as running:
-        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
-        client = RawClient(running.port)
-        try:
-            client.read_until(h2.events.RemoteSettingsChanged)
-            for _ in range(60):
-                batch = []
-                for _ in range(30):  # ~30 KB of requests: within what the server's window lets a client send
-                    stream_id = client.open(flush=False)
-                    client.h2.send_data(stream_id, body, end_stream=True)
-                    batch.append(stream_id)
-                client.flush()
-                answers = _answers(client, batch)
-                for stream_id in batch:
-                    _assert_allowed(answers[stream_id])
-        finally:
-            client.close()
+    with _h2_client(tmp_path) as (client, body):
+        client.read_until(h2.events.RemoteSettingsChanged)
+        for _ in range(60):
+            batch = []
+            for _ in range(30):  # ~30 KB of requests: within what the server's window lets a client send
+                stream_id = client.open(flush=False)
+                client.h2.send_data(stream_id, body, end_stream=True)
+                batch.append(stream_id)
+            client.flush()
+            answers = _answers(client, batch)
+            for stream_id in batch:
+                _assert_allowed(answers[stream_id])
 
 
 @pytest.mark.parametrize(
@@ -597,50 +594,40 @@ def test_h2_answers_thousands_of_calls_on_one_connection(tmp_path: Path) -> None
 def test_h2_answers_a_client_with_its_own_settings(tmp_path: Path, settings: dict[int, int]) -> None:
     # A window smaller than the answer: the answer comes in pieces as the client opens it. A header table the client
     # shrinks: the server's next header block must say so first and refer to nothing the client dropped.
-    with _serve(tmp_path, "h2") as running:
-        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
-        client = RawClient(running.port)
-        try:
-            client.h2.update_settings(settings)
+    with _h2_client(tmp_path) as (client, body):
+        client.h2.update_settings(settings)
+        client.flush()
+        client.read_until(h2.events.SettingsAcknowledged)
+        for _ in range(3):
+            stream_id = client.open(flush=False)
+            client.h2.send_data(stream_id, body, end_stream=True)
             client.flush()
-            client.read_until(h2.events.SettingsAcknowledged)
-            for _ in range(3):
-                stream_id = client.open(flush=False)
-                client.h2.send_data(stream_id, body, end_stream=True)
-                client.flush()
-                _assert_allowed(_answers(client, [stream_id])[stream_id])
-        finally:
-            client.close()
+            _assert_allowed(_answers(client, [stream_id])[stream_id])
 
 
 def test_h2_answers_wait_for_a_client_that_does_not_take_them(tmp_path: Path) -> None:
     # 300 answers, ~90 KB: past the 64 KiB the client's connection window lets the server send until the client
     # hands it back. More would be a flow-control error (h2 on the client's side raises it).
-    with _serve(tmp_path, "h2") as running:
-        body = _framed(running.workspace.request(CHECKOUT, "POST", "/v1/charges").SerializeToString())
-        client = RawClient(running.port)
-        try:
-            client.read_until(h2.events.RemoteSettingsChanged)
-            calls: list[int] = []
-            got: dict[int, Answer] = {}
-            for _ in range(10):
-                for _ in range(30):
-                    calls.append(client.open(flush=False))
-                    client.h2.send_data(calls[-1], body, end_stream=True)
-                client.flush()
-                _answers(client, calls, got, read=False)
-            deadline = time.monotonic() + 30  # a busy machine answers 300 calls in more than one idle gap
-            while (held := sum(len(got[stream_id][1]) for stream_id in calls if stream_id in got)) <= 60_000:
-                assert time.monotonic() < deadline, held
-                _answers(client, calls, got, read=False)
-            assert held <= 65_535
-            assert sum(1 for stream_id in calls if stream_id in got and got[stream_id][2]) < len(calls)
-            for stream_id in calls:
-                if stream_id in got and got[stream_id][1]:
-                    client.h2.acknowledge_received_data(len(got[stream_id][1]), stream_id)
+    with _h2_client(tmp_path) as (client, body):
+        client.read_until(h2.events.RemoteSettingsChanged)
+        calls: list[int] = []
+        got: dict[int, Answer] = {}
+        for _ in range(10):
+            for _ in range(30):
+                calls.append(client.open(flush=False))
+                client.h2.send_data(calls[-1], body, end_stream=True)
             client.flush()
-            _answers(client, calls, got)
-            for stream_id in calls:
-                _assert_allowed(got[stream_id])
-        finally:
-            client.close()
+            _answers(client, calls, got, read=False)
+        deadline = time.monotonic() + 30  # a busy machine answers 300 calls in more than one idle gap
+        while (held := sum(len(got[stream_id][1]) for stream_id in calls if stream_id in got)) <= 60_000:
+            assert time.monotonic() < deadline, held
+            _answers(client, calls, got, read=False)
+        assert held <= 65_535
+        assert sum(1 for stream_id in calls if stream_id in got and got[stream_id][2]) < len(calls)
+        for stream_id in calls:
+            if stream_id in got and got[stream_id][1]:
+                client.h2.acknowledge_received_data(len(got[stream_id][1]), stream_id)
+        client.flush()
+        _answers(client, calls, got)
+        for stream_id in calls:
+            _assert_allowed(got[stream_id])
